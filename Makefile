@@ -45,7 +45,7 @@ export: venv
 	$(PY) tools/nbtools.py export > /dev/null
 
 lint: venv
-	$(PY) -m ruff check ple tests tools benchmarks
+	$(PY) -m ruff check $(wildcard ple tests tools benchmarks)
 	$(PY) tools/nbtools.py check
 
 # ple/ must be exactly what the chapters export.
