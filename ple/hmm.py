@@ -1,0 +1,430 @@
+"""ple.hmm -- generated from book/ple4_two_stage_cgc_hmm_routing.ipynb.
+
+Do not edit: change the chapter and run `make export`.
+"""
+
+from __future__ import annotations
+
+__all__ = ['NUM_STATE_DIMS', 'NUM_DYNAMICS_DIMS', 'HMM_FEATURE_DIM', 'HMM_PROJECTION_DIM', 'DEFAULT_MODE', 'MODE_STEP_DAYS', 'DYNAMICS_NAMES', 'gaussian_log_emissions', 'forward_filter', 'Generator', 'is_generator', 'generator_from_transmat', 'stationary_distribution', 'dynamics_summary', 'pad_posteriors', 'match_states', 'ModeHMM', 'fit_triple_mode', 'task_hmm_mode', 'missing_rows', 'HMMProjector', 'HMMTripleMode']
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+from hmmlearn.hmm import GaussianHMM
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
+from torch import nn
+
+from ple.tasks import HMM_MODES, get_task
+
+NUM_STATE_DIMS = 10  # posterior slots per mode (fewer states are zero-padded)
+NUM_DYNAMICS_DIMS = 6  # the continuous-time summary (eq-hmm-dynamics)
+HMM_FEATURE_DIM = NUM_STATE_DIMS + NUM_DYNAMICS_DIMS  # 16 per mode
+HMM_PROJECTION_DIM = 32  # projector output per mode
+DEFAULT_MODE = "behavior"  # tasks that name no mode
+MODE_STEP_DAYS = {"journey": 1.0, "lifecycle": 30.0, "behavior": 30.0}  # Delta t of each mode
+DYNAMICS_NAMES = (
+    "log_dwell_days",  # log(1 + E_p[1 / q_s]), q_s = -Q_ss
+    "p_leave_step",  # 1 - E_p[exp(-q_s dt)]
+    "jump_entropy",  # E_p[H(Q_s. / q_s)] / log(S - 1)
+    "drift_step",  # p^T Q f dt
+    "forecast_change",  # p^T (exp(Q h dt) - I) f
+    "tv_to_stationary",  # 0.5 * ||p - pi||_1
+)
+
+
+def gaussian_log_emissions(model: GaussianHMM, obs: np.ndarray) -> np.ndarray:
+    """log b_s(o_t) = log N(o_t; mu_s, diag(sigma_s^2)) for a diagonal-covariance GaussianHMM.
+
+    obs: [N, T, D] -> [N, T, S], float64.
+    """
+    if model.covariance_type != "diag":
+        raise ValueError(f"covariance_type is {model.covariance_type!r}; expected 'diag'")
+    x = np.asarray(obs, dtype=np.float64)[..., None, :]  # [N, T, 1, D]
+    mu = np.asarray(model.means_, dtype=np.float64)  # [S, D]
+    var = np.asarray(model._covars_, dtype=np.float64)  # [S, D]
+    return -0.5 * (np.log(2 * np.pi * var).sum(-1) + ((x - mu) ** 2 / var).sum(-1))
+
+
+def forward_filter(model: GaussianHMM, obs: np.ndarray) -> np.ndarray:
+    """Filtered posteriors P(q_t = s | o_1..o_t) for N sequences at once  (eq-hmm-forward).
+
+    The scaled forward recursion: alpha_1 ∝ pi * b(o_1), alpha_t ∝ (alpha_{t-1} A) * b(o_t),
+    each step renormalised to sum 1 (Rabiner's scaling), computed from log-emissions shifted
+    by their per-row maximum. obs: [N, T, D] -> [N, T, S], float64.
+    """
+    obs = np.asarray(obs, dtype=np.float64)
+    if obs.ndim != 3 or obs.shape[-1] != model.means_.shape[1]:
+        raise ValueError(
+            f"obs has shape {list(obs.shape)}; expected [N, T, {model.means_.shape[1]}] (n_features)"
+        )
+    if not np.isfinite(obs).all():
+        raise ValueError("obs contains NaN or inf")
+    log_b = gaussian_log_emissions(model, obs)
+    b = np.exp(log_b - log_b.max(axis=-1, keepdims=True))
+    A = np.asarray(model.transmat_, dtype=np.float64)
+    out = np.empty_like(b)
+    alpha = np.asarray(model.startprob_, dtype=np.float64) * b[:, 0]
+    out[:, 0] = alpha / alpha.sum(-1, keepdims=True)
+    for t in range(1, b.shape[1]):
+        alpha = (out[:, t - 1] @ A) * b[:, t]
+        out[:, t] = alpha / alpha.sum(-1, keepdims=True)
+    return out
+
+
+@dataclass
+class Generator:
+    """A continuous-time generator Q (rates per day) for a fitted transition matrix P over dt days."""
+
+    Q: np.ndarray  # [S, S]; off-diagonal >= 0, rows sum to 0
+    method: str  # "logm" (exact), "logm-repaired" or "first-order"
+    residual: float  # max |expm(Q dt) - P|
+
+
+def is_generator(Q: np.ndarray, atol: float = 1e-10) -> bool:
+    """True if Q is a valid rate matrix: real, off-diagonals >= -atol, rows summing to 0."""
+    Q = np.asarray(Q)
+    if np.iscomplexobj(Q):
+        if np.abs(Q.imag).max() > atol:
+            return False
+        Q = Q.real
+    off = Q - np.diag(np.diag(Q))
+    return bool(off.min() >= -atol and np.abs(Q.sum(1)).max() <= max(atol, 1e-8))
+
+
+def generator_from_transmat(P: np.ndarray, dt: float) -> Generator:
+    """Q = log(P) / dt  (eq-ctmc-generator), repaired when the principal log is not a generator.
+
+    1. L = principal matrix logarithm of P (scipy.linalg.logm). If L / dt is a valid generator,
+       expm(Q dt) = P exactly: method "logm".
+    2. Otherwise (negative off-diagonal rates, or a complex log): keep the real part, set negative
+       off-diagonal rates to 0 and put minus the row sums on the diagonal (diagonal adjustment):
+       method "logm-repaired"; `residual` says how far expm(Q dt) lands from P.
+    3. If the log does not exist (a singular P) or is not finite: Q = (P - I) / dt, the first-order
+       generator, valid by construction: method "first-order".
+    """
+    P = np.asarray(P, dtype=np.float64)
+    if P.ndim != 2 or P.shape[0] != P.shape[1]:
+        raise ValueError(f"P has shape {list(P.shape)}; expected [S, S] (a transition matrix)")
+    if not np.isfinite(P).all() or P.min() < 0 or not np.allclose(P.sum(1), 1.0, atol=1e-6):
+        raise ValueError("P must be finite, non-negative, with rows summing to 1")
+    if dt <= 0:
+        raise ValueError(f"dt must be > 0; got {dt}")
+    S = P.shape[0]
+    method = "logm"
+    L = None
+    if abs(np.linalg.det(P)) > 1e-12:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            L = scipy.linalg.logm(P)
+        if not np.all(np.isfinite(L)):
+            L = None
+    if L is None:
+        Q, method = (P - np.eye(S)) / dt, "first-order"
+    else:
+        Q = np.real(L) / dt
+        if not is_generator(L, atol=1e-9):
+            off = np.clip(Q - np.diag(np.diag(Q)), 0.0, None)
+            Q = off - np.diag(off.sum(1))
+            method = "logm-repaired"
+        else:
+            Q = Q - np.diag(Q.sum(1))  # remove round-off from the row sums
+    residual = float(np.abs(scipy.linalg.expm(Q * dt) - P).max())
+    return Generator(Q=Q, method=method, residual=residual)
+
+
+def stationary_distribution(Q: np.ndarray) -> np.ndarray:
+    """pi with pi^T Q = 0, sum(pi) = 1 (least squares; unique for an irreducible chain). [S]."""
+    S = Q.shape[0]
+    A = np.vstack([Q.T, np.ones((1, S))])
+    rhs = np.zeros(S + 1)
+    rhs[-1] = 1.0
+    pi = np.linalg.lstsq(A, rhs, rcond=None)[0]
+    pi = np.clip(pi, 0.0, None)
+    return pi / pi.sum()
+
+
+def dynamics_summary(
+    posterior: np.ndarray,
+    Q: np.ndarray,
+    state_score: np.ndarray,
+    dt: float,
+    horizon_steps: float = 3.0,
+) -> np.ndarray:
+    """The 6-dim continuous-time summary of a customer's current state  (eq-hmm-dynamics).
+
+    posterior p: [N, S] (rows sum to 1); Q: generator [S, S] in rates per day; state_score f: [S];
+    dt: the mode's step in days. Columns (`DYNAMICS_NAMES`):
+
+    0. log(1 + E_p[1/q_s]): expected holding time in the current state, days (q_s = -Q_ss)
+    1. 1 - E_p[exp(-q_s dt)]: probability of leaving the current state within one step
+    2. E_p[H(J_s)] / log(S - 1): entropy of where the next jump goes, J_{s,j} = Q_sj / q_s
+    3. p^T Q f dt: drift of the state score per step, d/dt E[f(X_t)] at t = 0
+    4. p^T (expm(Q h dt) - I) f: expected change of the score over h = `horizon_steps` steps
+    5. 0.5 ||p - pi||_1: total-variation distance to the stationary distribution
+    Returns float64 [N, 6].
+    """
+    p = np.asarray(posterior, dtype=np.float64)
+    S = Q.shape[0]
+    rates = np.clip(-np.diag(Q), 1e-12, None)  # exit rate of each state, per day
+    dwell = p @ (1.0 / rates)
+    p_leave = 1.0 - p @ np.exp(-rates * dt)
+    jumps = np.clip(Q - np.diag(np.diag(Q)), 0.0, None) / rates[:, None]
+    h_jump = -(jumps * np.log(np.where(jumps > 0, jumps, 1.0))).sum(1)
+    jump_entropy = p @ h_jump / (math.log(S - 1) if S > 2 else 1.0)
+    f = np.asarray(state_score, dtype=np.float64)
+    drift = p @ (Q @ f) * dt
+    forecast = p @ ((scipy.linalg.expm(Q * horizon_steps * dt) - np.eye(S)) @ f)
+    tv = 0.5 * np.abs(p - stationary_distribution(Q)).sum(1)
+    return np.stack([np.log1p(dwell), p_leave, jump_entropy, drift, forecast, tv], axis=1)
+
+
+def pad_posteriors(posterior: np.ndarray, width: int = NUM_STATE_DIMS) -> np.ndarray:
+    """Zero-pad [N, S] posteriors to [N, width]: slots S..width-1 are states the mode does not have."""
+    N, S = posterior.shape
+    if S > width:
+        raise ValueError(f"posterior has {S} states; at most {width} fit the feature vector")
+    return np.concatenate([posterior, np.zeros((N, width - S))], axis=1)
+
+
+def match_states(true_states: np.ndarray, pred_states: np.ndarray) -> tuple[float, np.ndarray]:
+    """Accuracy after the best one-to-one relabelling of predicted states (Hungarian method).
+
+    true_states, pred_states: int arrays of one shape. Returns (accuracy, mapping) with
+    mapping[pred] = the true label it is matched to (-1 for a predicted state left unmatched).
+    """
+    t = np.asarray(true_states).ravel()
+    q = np.asarray(pred_states).ravel()
+    if t.shape != q.shape:
+        raise ValueError(f"true_states {t.shape} and pred_states {q.shape} differ in size")
+    n_t, n_q = int(t.max()) + 1, int(q.max()) + 1
+    counts = np.zeros((n_q, n_t))
+    np.add.at(counts, (q, t), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    mapping = np.full(n_q, -1)
+    mapping[rows] = cols
+    return float(counts[rows, cols].sum() / t.size), mapping
+
+
+class ModeHMM:
+    """One time scale's HMM, fitted offline, and its 16-dim per-customer feature  (eq-hmm-feature).
+
+    x^m = [p_T (10 slots, zero-padded) || dynamics_summary(p_T) (6)], where p_T is the filtered
+    posterior at the last step of the customer's sequence. After fitting, states are sorted by
+    their score f (the fitted means projected on their first principal axis, scaled to [0, 1]), so
+    slot 0 is the lowest-scoring state.
+
+    Args:
+        mode: one of `HMM_MODES`.
+        n_states: hidden states (<= 10).
+        step_days: the sequence's step in days (default `MODE_STEP_DAYS[mode]`).
+        n_iter, seed: Baum-Welch iterations and random state for hmmlearn.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        n_states: int,
+        step_days: float | None = None,
+        n_iter: int = 30,
+        seed: int = 0,
+        horizon_steps: float = 3.0,
+        max_fit_sequences: int | None = 400,
+    ) -> None:
+        if mode not in HMM_MODES:
+            raise ValueError(f"unknown HMM mode {mode!r}; expected one of {list(HMM_MODES)}")
+        if not 2 <= n_states <= NUM_STATE_DIMS:
+            raise ValueError(f"n_states must be in [2, {NUM_STATE_DIMS}]; got {n_states}")
+        self.mode, self.n_states = mode, n_states
+        self.step_days = MODE_STEP_DAYS[mode] if step_days is None else float(step_days)
+        self.n_iter, self.seed, self.horizon_steps = n_iter, seed, horizon_steps
+        self.max_fit_sequences = max_fit_sequences
+
+    def fit(self, obs: np.ndarray, valid: np.ndarray | None = None) -> ModeHMM:
+        """Baum-Welch (hmmlearn) on the valid customers' sequences. obs: [N, T, D]; valid: bool [N].
+
+        At most `max_fit_sequences` customers (a seeded random subset) enter the fit; the
+        parameters of a small chain are well determined by a few hundred sequences. Means and
+        variances start from k-means clusters of the observations (hmmlearn's default starts the
+        variances at the pooled covariance, which lets neighbouring states merge).
+        """
+        obs = np.asarray(obs, dtype=np.float64)
+        if obs.ndim != 3:
+            raise ValueError(f"obs has shape {list(obs.shape)}; expected [N, T, D]")
+        if not np.isfinite(obs).all():
+            raise ValueError("obs contains NaN or inf")
+        rows = obs if valid is None else obs[np.asarray(valid, dtype=bool)]
+        rng = np.random.default_rng(self.seed)
+        if self.max_fit_sequences is not None and len(rows) > self.max_fit_sequences:
+            rows = rows[np.sort(rng.choice(len(rows), self.max_fit_sequences, replace=False))]
+        N, T, D = rows.shape
+        X = rows.reshape(N * T, D)
+        model = GaussianHMM(
+            n_components=self.n_states, covariance_type="diag", n_iter=self.n_iter,
+            random_state=self.seed, tol=1e-4, implementation="scaling", init_params="st",
+        )
+        # one BLAS / OpenMP thread: hmmlearn loops over short sequences, where threads only add overhead
+        with threadpool_limits(limits=1):
+            km = KMeans(self.n_states, n_init=4, random_state=self.seed).fit(X)
+            model.means_ = km.cluster_centers_
+            model.covars_ = np.stack(
+                [X[km.labels_ == s].var(0) if (km.labels_ == s).sum() > 1 else X.var(0)
+                 for s in range(self.n_states)]
+            ) + 1e-3
+            model.fit(X, lengths=[T] * N)
+        self.model_ = self._sorted(model)
+        self.state_score_ = self._score(self.model_.means_)
+        self.generator_ = generator_from_transmat(self.model_.transmat_, self.step_days)
+        return self
+
+    @staticmethod
+    def _score(means: np.ndarray) -> np.ndarray:
+        centred = means - means.mean(0)
+        v = np.linalg.svd(centred, full_matrices=False)[2][0]
+        v = v * (1.0 if v.sum() >= 0 else -1.0)
+        f = centred @ v
+        return (f - f.min()) / max(f.max() - f.min(), 1e-12)
+
+    def _sorted(self, model: GaussianHMM) -> GaussianHMM:
+        order = np.argsort(self._score(model.means_), kind="stable")
+        covars = model._covars_[order].copy()
+        model.startprob_ = model.startprob_[order]
+        model.transmat_ = model.transmat_[np.ix_(order, order)]
+        model.means_ = model.means_[order]
+        model.covars_ = covars
+        return model
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise ValueError(f"ModeHMM({self.mode!r}) is not fitted; call fit(obs) first")
+
+    def posteriors(self, obs: np.ndarray) -> np.ndarray:
+        """Filtered posteriors [N, T, S] (eq-hmm-forward)."""
+        self._check_fitted()
+        return forward_filter(self.model_, obs)
+
+    def transform(self, obs: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """The 16-dim feature per customer, float32 [N, 16]; rows with valid=False are all zero."""
+        self._check_fitted()
+        p_last = self.posteriors(obs)[:, -1]
+        gen = self.generator_
+        dyn = dynamics_summary(p_last, gen.Q, self.state_score_, self.step_days, self.horizon_steps)
+        x = np.concatenate([pad_posteriors(p_last), dyn], axis=1).astype(np.float32)
+        if valid is not None:
+            x[~np.asarray(valid, dtype=bool)] = 0.0
+        return x
+
+
+def fit_triple_mode(
+    sequences: Mapping[str, np.ndarray],
+    n_states: Mapping[str, int] | int,
+    seed: int = 0,
+    n_iter: int = 30,
+    valid: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, ModeHMM]:
+    """Fit one `ModeHMM` per mode in `sequences` (mode -> obs [N, T_m, D_m])."""
+    out = {}
+    for mode, obs in sequences.items():
+        k = n_states if isinstance(n_states, int) else n_states[mode]
+        v = None if valid is None else valid.get(mode)
+        out[mode] = ModeHMM(mode, k, n_iter=n_iter, seed=seed).fit(obs, v)
+    return out
+
+
+def task_hmm_mode(task_name: str) -> str:
+    """The HMM mode that feeds a task: its registry entry's `hmm_mode`, else `DEFAULT_MODE`."""
+    mode = getattr(get_task(task_name), "hmm_mode", None) or DEFAULT_MODE
+    if mode not in HMM_MODES:
+        raise ValueError(f"task {task_name!r} names unknown HMM mode {mode!r}")
+    return mode
+
+
+def missing_rows(x: torch.Tensor) -> torch.Tensor:
+    """bool [B]: rows of x [B, F] that are all zero, the "no data" marker."""
+    return (x == 0).all(dim=-1)
+
+
+class HMMProjector(nn.Module):
+    """One mode's projector  (eq-hmm-projector): h = SiLU(LN(Linear_{16->32}(x))) for rows with data,
+    and a learnable default embedding e_m (initialised to 0) for rows without.
+
+    A row has no data when `valid` says so, or (valid=None) when all 16 entries are 0. A row whose
+    10 posterior slots are 0 but whose summary is not is projected like any other row.
+    Shapes: x [B, 16], valid bool [B] or None -> [B, 32].
+    """
+
+    def __init__(self, in_dim: int = HMM_FEATURE_DIM, out_dim: int = HMM_PROJECTION_DIM) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.norm = nn.LayerNorm(out_dim)
+        self.default_embedding = nn.Parameter(torch.zeros(out_dim))
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != self.in_dim:
+            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x has shape {shape}; expected [B, {self.in_dim}] (HMM feature)")
+        if not torch.isfinite(x).all():
+            raise ValueError("x contains NaN or inf")
+        if valid is None:
+            valid = ~missing_rows(x)
+        elif valid.shape != (x.shape[0],) or valid.dtype != torch.bool:
+            raise ValueError(
+                f"valid has shape {list(valid.shape)} and dtype {valid.dtype}; expected bool [{x.shape[0]}]"
+            )
+        out = self.default_embedding.to(x.dtype).expand(x.shape[0], -1).clone()
+        if valid.any():
+            out[valid] = nn.functional.silu(self.norm(self.linear(x[valid])))
+        return out
+
+
+class HMMTripleMode(nn.Module):
+    """Three projectors, one per mode (never shared), and the task -> mode routing of `ple.tasks`.
+
+    forward(inputs) maps {mode: x [B, 16]} to {mode: [B, 32]}; `for_tasks(inputs)` returns
+    [B, K, 32], row k from the mode of `task_names[k]` (`task_hmm_mode`).
+    """
+
+    def __init__(self, task_names: Sequence[str], modes: Sequence[str] = HMM_MODES) -> None:
+        super().__init__()
+        for m in modes:
+            if m not in HMM_MODES:
+                raise ValueError(f"unknown HMM mode {m!r}; expected one of {list(HMM_MODES)}")
+        self.modes = tuple(modes)
+        self.projectors = nn.ModuleDict({m: HMMProjector() for m in self.modes})
+        self.task_names = tuple(task_names)
+        self.task_modes = tuple(task_hmm_mode(t) for t in self.task_names)
+        for t, m in zip(self.task_names, self.task_modes):
+            if m not in self.projectors:
+                raise ValueError(f"task {t!r} routes to mode {m!r}, which is not in modes {list(self.modes)}")
+
+    def forward(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        valid: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        unknown = set(inputs) - set(self.modes)
+        if unknown:
+            raise ValueError(f"unknown HMM mode(s) {sorted(unknown)}; expected {list(self.modes)}")
+        missing = set(self.modes) - set(inputs)
+        if missing:
+            raise ValueError(f"inputs lack HMM mode(s) {sorted(missing)}")
+        return {
+            m: self.projectors[m](inputs[m], None if valid is None else valid.get(m))
+            for m in self.modes
+        }
+
+    def for_tasks(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        valid: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """[B, K, 32]: each task gets the projection of its own mode."""
+        h = self(inputs, valid)
+        return torch.stack([h[m] for m in self.task_modes], dim=1)
