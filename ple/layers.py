@@ -1,0 +1,222 @@
+"""ple.layers -- generated from book/ple1_mtl_to_mmoe.ipynb.
+
+Do not edit: change the chapter and run `make export`.
+"""
+
+from __future__ import annotations
+
+__all__ = ['check_positive_int', 'check_features', 'count_parameters', 'normalized_entropy', 'MLPBlock', 'MLP', 'StackedLinear', 'StackedMLPBlock', 'StackedMLP']
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _shape(x: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in x.shape) + "]"
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return `value` if it is a positive int (a width, a count); else ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
+def _check_widths(name: str, values: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(values, (int, str)) or not isinstance(values, Sequence):
+        raise ValueError(f"{name} must be a sequence of positive ints; got {values!r}")
+    return tuple(check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(values))
+
+
+def _check_dropout(dropout: float) -> float:
+    if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+        raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
+    return float(dropout)
+
+
+def check_features(
+    x: torch.Tensor, expected_dim: int, name: str = "features", dim_name: str | None = None
+) -> None:
+    """Raise unless `x` is a finite floating-point tensor of shape [B, expected_dim].
+
+    The message names the argument, the shape received and the shape expected, e.g.
+    ``features has shape [32, 600]; expected [B, 644] (input_dim)`` (the parenthesis is
+    `dim_name`, when given), or ``features contains NaN or inf (3 NaN, 0 inf entries)``.
+    Non-tensors raise TypeError; wrong shapes, integer dtypes and NaN / inf raise ValueError.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if x.dim() != 2 or x.shape[1] != expected_dim:
+        suffix = f" ({dim_name})" if dim_name else ""
+        raise ValueError(f"{name} has shape {_shape(x)}; expected [B, {expected_dim}]{suffix}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+        raise ValueError(f"{name} contains NaN or inf ({n_nan} NaN, {n_inf} inf entries)")
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    """Number of scalar parameters of `module` (only those with requires_grad by default)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def normalized_entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """H(p) / log n along `dim`, with 0 log 0 = 0 (eq-gate-entropy).
+
+    p: probabilities (non-negative, summing to 1 along `dim`; n = p.shape[dim] entries).
+    Returns p's shape without `dim`, in [0, 1]: 1 for the uniform distribution, 0 for a one-hot.
+    For n = 1 there is nothing to spread over and the result is 0.
+    """
+    n = p.shape[dim]
+    entropy = -torch.special.xlogy(p, p).sum(dim)
+    if n < 2:
+        return torch.zeros_like(entropy)
+    return entropy / math.log(n)
+
+
+class MLPBlock(nn.Sequential):
+    """One block of eq-mlp-block: Dropout(SiLU(LayerNorm(x W + b))).
+
+    x: [B, in_dim] -> [B, out_dim]. Children: ``0`` Linear, ``1`` LayerNorm, ``2`` SiLU,
+    ``3`` Dropout (a no-op at p = 0).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
+        in_dim, out_dim = check_positive_int("in_dim", in_dim), check_positive_int("out_dim", out_dim)
+        super().__init__(
+            nn.Linear(in_dim, out_dim),
+            nn.LayerNorm(out_dim),
+            nn.SiLU(),
+            nn.Dropout(_check_dropout(dropout)),
+        )
+        self.in_features, self.out_features = in_dim, out_dim
+
+
+class MLP(nn.Sequential):
+    """A stack of `MLPBlock`s (eq-mlp-block), one per entry of `hidden_dims`, then a plain
+    Linear to `out_dim` when it is given (no norm or activation after it).
+
+    x: [B, in_dim] -> [B, out_features], where out_features = out_dim if given, else
+    hidden_dims[-1].
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dims: Sequence[int],
+        out_dim: int | None = None,
+        dropout: float = 0.0,
+    ):
+        in_dim = check_positive_int("in_dim", in_dim)
+        hidden_dims = _check_widths("hidden_dims", hidden_dims)
+        if out_dim is not None:
+            out_dim = check_positive_int("out_dim", out_dim)
+        if not hidden_dims and out_dim is None:
+            raise ValueError("an MLP needs at least one hidden dim or an out_dim")
+        layers: list[nn.Module] = []
+        width = in_dim
+        for hidden in hidden_dims:
+            layers.append(MLPBlock(width, hidden, dropout))
+            width = hidden
+        if out_dim is not None:
+            layers.append(nn.Linear(width, out_dim))
+            width = out_dim
+        super().__init__(*layers)
+        self.in_features, self.out_features = in_dim, width
+
+
+class StackedLinear(nn.Module):
+    """`num_members` independent affine maps evaluated in one einsum: y_m = x_m W_m + b_m.
+
+    weight: [M, in_dim, out_dim], bias: [M, out_dim], initialised like `nn.Linear`
+    (uniform in ±1/sqrt(in_dim)). x: [B, in_dim] (the same input for every member) or
+    [B, M, in_dim] (one input per member) -> [B, M, out_dim].
+    """
+
+    def __init__(self, num_members: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.num_members = check_positive_int("num_members", num_members)
+        self.in_features = check_positive_int("in_dim", in_dim)
+        self.out_features = check_positive_int("out_dim", out_dim)
+        bound = 1.0 / math.sqrt(in_dim)
+        self.weight = nn.Parameter(torch.empty(num_members, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_members, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and x.shape[1] == self.in_features:
+            return torch.einsum("bi,mio->bmo", x, self.weight) + self.bias
+        if x.dim() == 3 and tuple(x.shape[1:]) == (self.num_members, self.in_features):
+            return torch.einsum("bmi,mio->bmo", x, self.weight) + self.bias
+        raise ValueError(
+            f"x has shape {_shape(x)}; expected [B, {self.in_features}] or "
+            f"[B, {self.num_members}, {self.in_features}] (num_members, in_dim)"
+        )
+
+
+class StackedMLPBlock(nn.Module):
+    """`num_members` independent `MLPBlock`s (eq-mlp-block) evaluated together.
+
+    Each member has its own Linear and its own LayerNorm affine (norm_weight, norm_bias:
+    [M, out_dim]). x: [B, in_dim] or [B, M, in_dim] -> [B, M, out_dim].
+    """
+
+    def __init__(self, num_members: int, in_dim: int, out_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.linear = StackedLinear(num_members, in_dim, out_dim)
+        self.norm_weight = nn.Parameter(torch.ones(num_members, out_dim))
+        self.norm_bias = nn.Parameter(torch.zeros(num_members, out_dim))
+        self.dropout = nn.Dropout(_check_dropout(dropout))
+        self.eps = 1e-5  # nn.LayerNorm's default
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear(x)  # [B, M, out]
+        h = F.layer_norm(h, h.shape[-1:], eps=self.eps) * self.norm_weight + self.norm_bias
+        return self.dropout(F.silu(h))
+
+
+class StackedMLP(nn.Sequential):
+    """`num_members` independent MLPs of the same shape (eq-mlp-block), batched.
+
+    The expert bank of a mixture of experts: member m is an `MLP(in_dim, hidden_dims)` with its
+    own weights, and all members run in one einsum per layer instead of a Python loop.
+    x: [B, in_dim] (shared input) or [B, M, in_dim] (per-member input) -> [B, M, hidden_dims[-1]].
+    `member(m)` returns member m as a stand-alone `MLP` with a copy of its weights.
+    """
+
+    def __init__(
+        self, num_members: int, in_dim: int, hidden_dims: Sequence[int], dropout: float = 0.0
+    ):
+        hidden_dims = _check_widths("hidden_dims", hidden_dims)
+        if not hidden_dims:
+            raise ValueError("hidden_dims must name at least one layer width")
+        widths = (in_dim, *hidden_dims)
+        super().__init__(
+            *(
+                StackedMLPBlock(num_members, widths[i], widths[i + 1], dropout)
+                for i in range(len(hidden_dims))
+            )
+        )
+        self.num_members = check_positive_int("num_members", num_members)
+        self.in_features, self.out_features = in_dim, hidden_dims[-1]
+        self.hidden_dims = hidden_dims
+        self.dropout_p = _check_dropout(dropout)
+
+    @torch.no_grad()
+    def member(self, m: int) -> MLP:
+        """Member `m` as a stand-alone `MLP` (a copy, on the same device and dtype)."""
+        if not 0 <= m < self.num_members:
+            raise ValueError(f"m must be in [0, {self.num_members}); got {m}")
+        mlp = MLP(self.in_features, self.hidden_dims, dropout=self.dropout_p)
+        first = self[0].linear.weight
+        mlp = mlp.to(device=first.device, dtype=first.dtype)
+        for block, stacked in zip(mlp, self):
+            block[0].weight.copy_(stacked.linear.weight[m].T)
+            block[0].bias.copy_(stacked.linear.bias[m])
+            block[1].weight.copy_(stacked.norm_weight[m])
+            block[1].bias.copy_(stacked.norm_bias[m])
+        return mlp

@@ -1,0 +1,157 @@
+"""ple.mmoe: Shared-Bottom, MMoE and OMoE — shapes, gates, errors, gradients, the trainer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ple import seed_everything
+from ple.layers import MLP, count_parameters
+from ple.mmoe import MMoE, OMoE, SharedBottom, fit_regression
+
+D, K, E, B = 12, 3, 4, 16
+MODELS = {
+    "shared_bottom": lambda **kw: SharedBottom(D, K, bottom_dims=(8,), tower_dims=(4,), **kw),
+    "mmoe": lambda **kw: MMoE(D, K, num_experts=E, expert_dims=(8,), tower_dims=(4,), **kw),
+    "omoe": lambda **kw: OMoE(D, K, num_experts=E, expert_dims=(8,), tower_dims=(4,), **kw),
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    seed_everything(0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_outputs_one_tensor_per_task(name):
+    outputs = MODELS[name]()(torch.randn(B, D))
+    assert isinstance(outputs, list) and len(outputs) == K
+    assert all(o.shape == (B, 1) for o in outputs)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_task_out_dims_per_task(name):
+    model = MODELS[name](task_out_dims=(1, 3, 2))
+    assert [o.shape for o in model(torch.randn(B, D))] == [(B, 1), (B, 3), (B, 2)]
+    assert model.task_out_dims == (1, 3, 2)
+    assert all(isinstance(t, MLP) for t in model.towers)
+    assert [o.shape[1] for o in MODELS[name](task_out_dims=5)(torch.randn(2, D))] == [5] * K
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_task_out_dims(name):
+    with pytest.raises(ValueError, match=r"task_out_dims has 2 entries; expected one per task \(num_tasks=3\)"):
+        MODELS[name](task_out_dims=(1, 2))
+    with pytest.raises(ValueError, match=r"task_out_dims\[1\] must be a positive int"):
+        MODELS[name](task_out_dims=(1, 0, 2))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_wrong_feature_dim_and_nan_are_named(name):
+    model = MODELS[name]()
+    with pytest.raises(ValueError, match=r"x has shape \[16, 11\]; expected \[B, 12\] \(input_dim\)"):
+        model(torch.randn(B, D - 1))
+    with pytest.raises(ValueError, match=r"x has shape \[12\]; expected \[B, 12\]"):
+        model(torch.randn(D))
+    x = torch.randn(B, D)
+    x[3, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"x contains NaN or inf \(1 NaN"):
+        model(x)
+
+
+@pytest.mark.parametrize("name", ["mmoe", "omoe"])
+def test_return_gates_on_the_simplex(name):
+    model = MODELS[name]()
+    outputs, gates = model(torch.randn(B, D) * 3, return_gates=True)
+    assert len(outputs) == K and gates.shape == (B, K, E)
+    assert (gates >= 0).all()
+    assert torch.allclose(gates.sum(-1), torch.ones(B, K), atol=1e-6)
+
+
+def test_mmoe_gates_differ_per_task_omoe_share_one():
+    x = torch.randn(B, D)
+    _, g_multi = MODELS["mmoe"]()(x, return_gates=True)
+    _, g_one = MODELS["omoe"]()(x, return_gates=True)
+    assert not torch.allclose(g_multi[:, 0], g_multi[:, 1])
+    assert torch.equal(g_one[:, 0], g_one[:, 1]) and torch.equal(g_one[:, 1], g_one[:, 2])
+    assert len(MODELS["mmoe"]().gates) == K and len(MODELS["omoe"]().gates) == 1
+
+
+def test_gates_are_linear_softmax_without_bias_by_default():
+    model = MODELS["mmoe"]()
+    assert all(isinstance(g, torch.nn.Linear) and g.bias is None for g in model.gates)
+    x = torch.randn(B, D)
+    _, gates = model(x, return_gates=True)
+    assert torch.allclose(gates[:, 1], torch.softmax(model.gates[1](x), -1), atol=1e-6)
+    biased = MMoE(D, K, num_experts=E, expert_dims=(8,), gate_bias=True)
+    assert all(g.bias is not None for g in biased.gates)
+    _, gates = biased(x, return_gates=True)
+    assert torch.allclose(gates[:, 2], torch.softmax(biased.gates[2](x), -1), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_gradients_reach_every_parameter_and_are_finite(name):
+    model = MODELS[name]()
+    loss = sum(o.pow(2).mean() for o in model(torch.randn(B, D)))
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+def test_one_expert_mmoe_is_a_shared_bottom():
+    """With n = 1 the gate is identically 1 and MMoE reduces to eq-shared-bottom."""
+    model = MMoE(D, K, num_experts=1, expert_dims=(8,), tower_dims=(4,))
+    x = torch.randn(B, D)
+    outputs, gates = model(x, return_gates=True)
+    assert torch.equal(gates, torch.ones(B, K, 1))
+    h = model.experts.member(0)(x)
+    for k in range(K):
+        assert torch.allclose(outputs[k], model.towers[k](h), atol=1e-6)
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="num_experts must be a positive int"):
+        MMoE(D, K, num_experts=0)
+    with pytest.raises(ValueError, match="input_dim must be a positive int"):
+        SharedBottom(0, K)
+    with pytest.raises(ValueError, match="num_tasks must be a positive int"):
+        OMoE(D, 0)
+
+
+def test_parameter_counts_add_up():
+    model = MMoE(D, 2, num_experts=E, expert_dims=(8,), tower_dims=(4,))
+    experts = E * (D * 8 + 8 + 2 * 8)
+    gates = 2 * E * D
+    towers = 2 * ((8 * 4 + 4 + 2 * 4) + 4 + 1)
+    assert count_parameters(model) == experts + gates + towers
+
+
+def test_fit_regression_learns_and_records():
+    x = torch.randn(256, 4)
+    y = torch.stack([x[:, 0], x[:, 1] - x[:, 2]], dim=1)
+    model = MMoE(4, 2, num_experts=2, expert_dims=(8,), tower_dims=(4,))
+    seen = []
+    hist = fit_regression(model, x, y, x, y, steps=60, lr=1e-2, batch_size=64, eval_every=20,
+                          callback=lambda step, m: seen.append((step, m.training)))
+    assert hist["step"].tolist() == [20, 40, 60] and [s for s, _ in seen] == [20, 40, 60]
+    assert not any(training for _, training in seen)  # callbacks see eval mode
+    assert hist["test_mse"].shape == (3, 2) and np.isfinite(hist["test_mse"]).all()
+    assert hist["test_mse"][-1].sum() < hist["test_mse"][0].sum()
+    with pytest.raises(ValueError, match=r"y_train has shape \[256\]; expected \[256, K\]"):
+        fit_regression(model, x, y[:, 0], x, y, steps=1)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        fit_regression(model, x, y, x, y, steps=0)
+
+
+def test_fit_regression_is_reproducible_by_seed():
+    x = torch.randn(128, 4)
+    y = torch.stack([x[:, 0], x[:, 1]], dim=1)
+    runs = []
+    for _ in range(2):
+        seed_everything(3)
+        model = SharedBottom(4, 2, bottom_dims=(8,), tower_dims=(4,))
+        runs.append(fit_regression(model, x, y, x, y, steps=20, batch_size=32, seed=5, eval_every=10))
+    assert np.array_equal(runs[0]["test_mse"], runs[1]["test_mse"])
