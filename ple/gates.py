@@ -236,9 +236,10 @@ class CGCAttention(nn.Module):
             bias = domain_prior_bias(prior_mask, bias_high, bias_low)
         self.bias = nn.Parameter(bias)
         self.register_buffer("scales", scales if dim_normalize else torch.ones_like(scales))
-        # coordinate c of h_shared belongs to expert block_index[c]
+        # block_matrix[i, c] = 1 if coordinate c of h_shared belongs to expert i  [E, D]
+        owner = torch.repeat_interleave(torch.arange(self.num_experts), torch.tensor(dims))
         self.register_buffer(
-            "block_index", torch.repeat_interleave(torch.arange(self.num_experts), torch.tensor(dims)),
+            "block_matrix", (owner.unsqueeze(0) == torch.arange(self.num_experts).unsqueeze(1)).float(),
             persistent=False,
         )
         self.register_buffer("frozen", torch.tensor(False))
@@ -260,7 +261,7 @@ class CGCAttention(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         _check_tensor(h_shared, "h_shared", [None, self.input_dim], "sum of expert_dims")
         w = self.gates(h_shared)
-        coord_scale = (w * self.scales)[..., self.block_index]  # [B, K, D]: s_i w_{k,i} per coordinate
+        coord_scale = (w * self.scales) @ self.block_matrix.to(w.dtype)  # [B, K, D]: s_i w_{k,i}
         out = coord_scale * h_shared.unsqueeze(1)
         return (out, w) if return_gates else out
 
