@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expert-dim", type=int, default=32, help="MMoE's expert width; others matched")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--cache-dir", default=None, help="keep the preprocessed splits here (.npz)")
     p.add_argument("--out", default=None, help="also write the JSON lines to this file")

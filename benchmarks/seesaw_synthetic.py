@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="also write the JSON lines to this file")
     args = p.parse_args(argv)
