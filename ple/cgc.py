@@ -76,13 +76,13 @@ class CGC(nn.Module):
     Task k's gate is a softmax over its own experts and the shared experts only
     (eq-cgc-gate, eq-cgc-mix):
 
-        w^k = softmax(W^k_g h_k)  in R^{m_t + m_s}      (+ b^k_g with gate_bias=True)
+        w^k = softmax(W^k_g h_k + b^k_g)  in R^{m_t + m_s}  (no b^k_g with gate_bias=False)
         g^k = sum_j w^k_j E_{k,j}(h_k) + sum_i w^k_{m_t+i} E_{s,i}(h_s)
 
     With ``shared_gate=True`` (every level of a multi-level PLE but the last) the level also
     returns the shared gate's mixture over *all* experts of the level (eq-ple-shared):
 
-        w^s = softmax(W^s_g h_s)  in R^{K m_t + m_s}
+        w^s = softmax(W^s_g h_s + b^s_g)  in R^{K m_t + m_s}
         g^s = sum over every expert e of the level of w^s_e e(input of e)
 
     Inputs: at the first level every group reads the features ``x [B, input_dim]``; at level
@@ -91,7 +91,8 @@ class CGC(nn.Module):
     Experts: one ``ple.layers.StackedMLP(m, input_dim, expert_dims)`` bank per group (task k's
     ``task_experts[k]``, ``shared_experts``); member j of a bank is the MLP E_{k,j}
     (``bank.member(j)`` returns it as a ``ple.layers.MLP``). Gates: ``nn.Linear`` + softmax,
-    no hidden layer, no norm, no bias by default (the paper's gate).
+    no hidden layer, no norm; ``gate_bias=False`` drops the bias (the paper's form), the default
+    keeps it, as ``ple.mmoe`` does.
     """
 
     def __init__(
@@ -103,7 +104,7 @@ class CGC(nn.Module):
         expert_dims: Sequence[int] = (64,),
         dropout: float = 0.0,
         shared_gate: bool = False,
-        gate_bias: bool = False,
+        gate_bias: bool = True,
     ) -> None:
         super().__init__()
         self.input_dim = _check_int(input_dim, "input_dim", 1)
@@ -236,7 +237,7 @@ class PLE(nn.Module):
         tower_dims: Sequence[int] = (32,),
         task_out_dims: int | Sequence[int] = 1,
         dropout: float = 0.0,
-        gate_bias: bool = False,
+        gate_bias: bool = True,
     ) -> None:
         super().__init__()
         self.input_dim = _check_int(input_dim, "input_dim", 1)
