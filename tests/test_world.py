@@ -1,0 +1,230 @@
+"""ple.data.world: the planted-truth customer world and its oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ple.data import world as W
+from ple.tasks import ACTIVE_TASK_NAMES, EXPERT_NAMES, HMM_MODES, TASK_NAMES, get_task
+
+N = 1500
+
+
+@pytest.fixture(scope="module")
+def world():
+    return W.generate(N, seed=3)
+
+
+@pytest.fixture(scope="module")
+def pred(world):
+    return W.oracle(world)
+
+
+def test_shapes_and_dtypes(world):
+    cfg = world.config
+    assert world.features.shape == (N, W.FEATURE_DIM) == (N, 644)
+    assert world.txn_seq.shape == (N, cfg.t_txn, 16)
+    assert world.session_seq.shape == (N, cfg.t_sess, 8)
+    assert world.balance_seq.shape == (N, cfg.t_balance)
+    for a in (world.features, world.txn_seq, world.session_seq, world.balance_seq):
+        assert a.dtype == np.float32 and np.isfinite(a).all()
+    assert world.interactions.dtype == np.int64 and world.interactions.shape[1] == 2
+    assert world.interaction_offsets.shape == (N + 1,)
+    assert world.interaction_offsets[-1] == len(world.interactions)
+    assert np.all(np.diff(world.interactions[:, 0]) >= 0)              # sorted by customer
+    assert world.interactions[:, 1].max() < world.n_merchants
+    assert world.merchant_category.max() == W.NUM_CATEGORIES - 1
+    assert world.brand_category.shape == (W.NUM_BRANDS,) == (128,)
+    assert set(np.unique(world.brand_category[world.merchant_brand[world.merchant_category == 3]])) == {3}
+    assert world.segments.shape == (N,) and world.segments.max() < cfg.n_segments
+    assert set(world.regimes) == set(HMM_MODES)
+    assert world.regimes["journey"].shape == (N, cfg.t_sess)
+    assert world.regimes["lifecycle"].shape == (N, cfg.n_months)
+    assert set(world.labels) == set(TASK_NAMES) and len(TASK_NAMES) == 18
+    assert set(world.signals) == set(EXPERT_NAMES)
+    for s in world.signals.values():
+        assert s.dtype == np.float32 and s.shape == (N,)
+    for t, y in world.labels.items():
+        spec = get_task(t)
+        if spec.task_type in ("multiclass", "contrastive"):
+            assert y.dtype == np.int64 and y.min() >= 0 and y.max() < spec.num_classes, t
+        else:
+            assert y.dtype == np.float32, t
+    assert world.labels["category_uplift"].shape == (N, 12)
+
+
+def test_feature_blocks():
+    blocks = W.FEATURE_BLOCKS
+    assert blocks["rfm"] == slice(0, 34) and blocks["radius"] == slice(643, 644)
+    assert blocks["tda_short"] == slice(329, 353) and blocks["lnn"] == slice(521, 539)
+    assert len(W.SEGMENT_DIMS) == 644 - 32 - 16 - 24
+
+
+def test_reproducible_and_chunk_invariant(world):
+    again = W.generate(N, seed=3, chunk_size=1024)     # other chunking, same numbers
+    for name in ("features", "txn_seq", "session_seq", "balance_seq", "interactions", "segments"):
+        np.testing.assert_array_equal(getattr(world, name), getattr(again, name))
+    for t in TASK_NAMES:
+        np.testing.assert_array_equal(world.labels[t], again.labels[t])
+    other = W.generate(N, seed=4)
+    assert not np.array_equal(world.features, other.features)
+
+
+def test_prefix_property(world):
+    small = W.generate(700, seed=3, chunk_size=2048)
+    np.testing.assert_array_equal(small.features, world.features[:700])
+    np.testing.assert_array_equal(small.labels["ctr"], world.labels["ctr"][:700])
+    np.testing.assert_array_equal(small.interactions,
+                                  world.interactions[:world.interaction_offsets[700]])
+
+
+def test_label_rates_and_chains():
+    w = W.generate(6000, seed=11)
+    y = w.labels
+    assert 0.03 <= y["ctr"].mean() <= 0.08
+    assert 0.005 <= y["cvr"].mean() <= 0.03
+    assert 0.05 <= y["churn"].mean() <= 0.15
+    assert 0.85 <= y["retention"].mean() <= 0.95
+    assert (y["cvr"] <= y["ctr"]).all()
+    assert ((y["retention"] == 1) <= (y["churn"] == 0)).all()
+    np.testing.assert_array_equal(w.brand_category[y["brand_prediction"]], y["spending_category"])
+
+
+def test_signals_are_functions_of_the_inputs(world):
+    recomputed = W.observed_signals(world, chunk_size=1000)
+    for e in EXPERT_NAMES:
+        np.testing.assert_array_equal(recomputed[e], world.signals[e])
+    peaks = W.count_prominent_peaks(world.balance_seq, world.config.perslay_threshold)
+    np.testing.assert_array_equal(peaks, world.latents["n_peaks"])
+
+
+def test_oracle_outputs(world, pred):
+    assert set(pred) == set(ACTIVE_TASK_NAMES) and len(pred) == 16
+    for t, p in pred.items():
+        spec = get_task(t)
+        assert p.dtype == np.float32 and len(p) == N and np.isfinite(p).all()
+        if spec.task_type == "binary":
+            assert p.ndim == 1 and (p >= 0).all() and (p <= 1).all()
+        elif spec.task_type in ("multiclass", "contrastive"):
+            assert p.shape == (N, spec.num_classes)
+            assert (p >= 0).all() and (p <= 1).all()
+            np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert (pred["cvr"] <= pred["ctr"] + 1e-7).all()
+
+
+def test_oracle_beats_chance(world, pred):
+    for t, p in pred.items():
+        got, chance = W.task_metric(t, world.labels[t], p), W.chance_metric(t, world.labels[t])
+        assert (got > chance) if W.higher_is_better(t) else (got < chance), (t, got, chance)
+
+
+def test_oracle_chunking_and_take(world, pred):
+    again = W.oracle(world, chunk_size=500)
+    for t in pred:
+        np.testing.assert_allclose(again[t], pred[t], rtol=1e-6, atol=1e-7)
+    idx = np.array([5, 17, 1200, 3])
+    sub = world.take(idx)
+    assert sub.n_customers == 4
+    np.testing.assert_array_equal(sub.features, world.features[idx])
+    for j, i in enumerate(idx):
+        mine = sub.customer_interactions(j, j + 1)
+        theirs = world.customer_interactions(i, i + 1)
+        np.testing.assert_array_equal(mine[:, 1], theirs[:, 1])
+        assert (mine[:, 0] == j).all()
+    sub_pred = W.oracle(sub)
+    for t in ("ctr", "ltv", "brand_prediction"):
+        np.testing.assert_allclose(sub_pred[t], pred[t][idx], rtol=1e-5, atol=1e-7)
+
+
+def test_signal_off_is_chance():
+    w = W.generate(1200, seed=2, signal_strength=0.0)
+    for t, p in W.oracle(w).items():
+        assert np.ptp(p, axis=0).max() < 1e-6, t
+    assert 0.03 <= w.labels["ctr"].mean() <= 0.08
+
+
+def test_segment_shift_changes_oracle(world):
+    shifted = W.generate(300, seed=3, segment_decision_shift=1.0)
+    base = W.generate(300, seed=3)
+    np.testing.assert_array_equal(shifted.features, base.features)   # inputs do not move
+    p, q = W.oracle(shifted), W.oracle(base)
+    assert np.abs(p["ctr"] - q["ctr"]).max() > 1e-3
+    assert ((p["ctr"] >= 0) & (p["ctr"] <= 1)).all()
+
+
+def test_forward_filter_matches_enumeration():
+    rng = np.random.default_rng(0)
+    k, t = 3, 4
+    init = rng.dirichlet(np.ones(k))
+    trans = rng.dirichlet(np.ones(k), size=k)
+    ll = rng.normal(size=(2, t, k))
+    got = W.hmm_filter(ll, init, trans)
+    import itertools
+
+    for i in range(2):
+        mass = np.zeros(k)
+        for path in itertools.product(range(k), repeat=t):
+            p = init[path[0]] * np.exp(ll[i, 0, path[0]])
+            for s in range(1, t):
+                p *= trans[path[s - 1], path[s]] * np.exp(ll[i, s, path[s]])
+            mass[path[-1]] += p
+        np.testing.assert_allclose(got[i], mass / mass.sum(), atol=1e-12)
+
+
+def test_h0_persistence_small_case():
+    b, d = W.h0_persistence(np.array([[0.0, 3.0, 1.0, 2.0, 0.5]]))
+    pers = (b - d)[0]
+    np.testing.assert_allclose(pers[:2], [3.0, 1.0])        # essential (3 - 0) and the peak 2 -> 1
+    assert np.isnan(pers[2:]).all()
+    with pytest.raises(ValueError, match=r"series has shape \[5\]; expected \[N, T\]"):
+        W.h0_persistence(np.zeros(5))
+    with pytest.raises(ValueError, match="NaN"):
+        W.h0_persistence(np.array([[0.0, np.nan]]))
+
+
+def test_streaming_and_load(tmp_path):
+    out = tmp_path / "w"
+    s = W.generate(1100, seed=7, out_dir=str(out), chunk_size=1024)
+    m = W.generate(1100, seed=7)
+    assert isinstance(s.features, np.memmap)
+    loaded = W.load_world(str(out))
+    for name in ("features", "txn_seq", "interactions", "interaction_offsets"):
+        np.testing.assert_array_equal(np.asarray(getattr(loaded, name)), getattr(m, name))
+    np.testing.assert_array_equal(np.asarray(loaded.labels["nba"]), m.labels["nba"])
+    assert loaded.config == m.config
+    with pytest.raises(ValueError, match="no world.json"):
+        W.load_world(str(tmp_path))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n_customers": 0}, "n_customers must be an int >= 1; got 0"),
+    ({"n_customers": -5}, "n_customers must be an int >= 1"),
+    ({"n_customers": 2.5}, "n_customers must be an int >= 1"),
+    ({"n_customers": 10, "seed": -1}, "seed must be an int >= 0"),
+    ({"n_customers": 10, "profile": "huge"}, "unknown profile 'huge'"),
+    ({"n_customers": 10, "t_txn": 50}, "t_txn=50 is not a multiple of n_months=12"),
+    ({"n_customers": 10, "n_merchants": 10}, "n_merchants=10 is too small"),
+    ({"n_customers": 10, "t_balance": 20}, "t_balance=20 is too short"),
+    ({"n_customers": 10, "colour": "red"}, r"unknown world option\(s\) \['colour'\]"),
+    ({"n_customers": 10, "task_correlation": 1.5}, "task_correlation must be in"),
+    ({"n_customers": 10, "signal_strength": -1.0}, "signal_strength and segment_decision_shift"),
+    ({"n_customers": 10, "chunk_size": 0}, "chunk_size must be an int >= 1"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        W.generate(**kwargs)
+
+
+def test_metrics():
+    y = np.array([0, 1, 1, 0], dtype=np.float32)
+    assert W.task_metric("ctr", y, np.array([0.1, 0.9, 0.8, 0.2])) == 1.0
+    assert W.metric_name("ltv") == "rmse" and not W.higher_is_better("ltv")
+    assert W.metric_name("brand_prediction") == "hit@10"
+    probs = np.full((2, 128), 0.001)
+    probs[0, 5] = 0.5
+    probs[1, :10] = 0.05                                  # brand 127 is not among the top ten
+    assert W.task_metric("brand_prediction", np.array([5, 127]), probs) == 0.5
+    assert W.chance_metric("nba", np.array([1, 1, 2, 3])) == 0.5
+    with pytest.raises(ValueError, match="unknown task 'clicks'"):
+        W.task_metric("clicks", y, y)
