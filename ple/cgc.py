@@ -76,13 +76,13 @@ class CGC(nn.Module):
     Task k's gate is a softmax over its own experts and the shared experts only
     (eq-cgc-gate, eq-cgc-mix):
 
-        w^k = softmax(W^k_g h_k + b^k_g)  in R^{m_t + m_s}  (no b^k_g with gate_bias=False)
+        w^k = softmax(W^k_g h_k)  in R^{m_t + m_s}      (+ b^k_g with gate_bias=True)
         g^k = sum_j w^k_j E_{k,j}(h_k) + sum_i w^k_{m_t+i} E_{s,i}(h_s)
 
     With ``shared_gate=True`` (every level of a multi-level PLE but the last) the level also
     returns the shared gate's mixture over *all* experts of the level (eq-ple-shared):
 
-        w^s = softmax(W^s_g h_s + b^s_g)  in R^{K m_t + m_s}
+        w^s = softmax(W^s_g h_s)  in R^{K m_t + m_s}
         g^s = sum over every expert e of the level of w^s_e e(input of e)
 
     Inputs: at the first level every group reads the features ``x [B, input_dim]``; at level
@@ -91,8 +91,8 @@ class CGC(nn.Module):
     Experts: one ``ple.layers.StackedMLP(m, input_dim, expert_dims)`` bank per group (task k's
     ``task_experts[k]``, ``shared_experts``); member j of a bank is the MLP E_{k,j}
     (``bank.member(j)`` returns it as a ``ple.layers.MLP``). Gates: ``nn.Linear`` + softmax,
-    no hidden layer, no norm; ``gate_bias=False`` drops the bias (the paper's form), the default
-    keeps it, as ``ple.mmoe`` does.
+    no hidden layer, no norm, and no bias unless ``gate_bias=True`` (the paper's gate is
+    softmax(W h)).
     """
 
     def __init__(
@@ -104,7 +104,7 @@ class CGC(nn.Module):
         expert_dims: Sequence[int] = (64,),
         dropout: float = 0.0,
         shared_gate: bool = False,
-        gate_bias: bool = True,
+        gate_bias: bool = False,
     ) -> None:
         super().__init__()
         self.input_dim = _check_int(input_dim, "input_dim", 1)
@@ -237,7 +237,7 @@ class PLE(nn.Module):
         tower_dims: Sequence[int] = (32,),
         task_out_dims: int | Sequence[int] = 1,
         dropout: float = 0.0,
-        gate_bias: bool = True,
+        gate_bias: bool = False,
     ) -> None:
         super().__init__()
         self.input_dim = _check_int(input_dim, "input_dim", 1)
@@ -457,6 +457,7 @@ def build_model(
     num_levels: int = 2,
     task_out_dims: int | Sequence[int] = 1,
     dropout: float = 0.0,
+    gate_bias: bool = False,
     match_parameters: bool = True,
 ) -> nn.Module:
     """One of MODEL_NAMES with a parameter count matched to the reference MMoE.
@@ -464,7 +465,8 @@ def build_model(
     The reference is ``MMoE`` with ``num_tasks * num_task_experts + num_shared_experts`` experts of
     width ``expert_dim`` (the same number of experts CGC has). With ``match_parameters`` the width of
     every other model (single-task hidden width, Shared-Bottom bottom width, CGC / PLE expert
-    width) is the one whose count is nearest the reference's; towers are the same everywhere.
+    width) is the one whose count is nearest the reference's; towers are the same everywhere, and
+    MMoE, CGC and PLE share the gate form (``gate_bias``).
     """
     from ple.mmoe import MMoE, SharedBottom
 
@@ -472,22 +474,23 @@ def build_model(
         raise ValueError(f"name must be one of {MODEL_NAMES}; got {name!r}")
     num_experts = num_tasks * num_task_experts + num_shared_experts
     kw = dict(tower_dims=tuple(tower_dims), task_out_dims=task_out_dims, dropout=dropout)
+    gated = dict(kw, gate_bias=gate_bias)  # the same gate form for MMoE, CGC and PLE
     if name == "mmoe":
-        return MMoE(input_dim, num_tasks, num_experts=num_experts, expert_dims=(expert_dim,), **kw)
+        return MMoE(input_dim, num_tasks, num_experts=num_experts, expert_dims=(expert_dim,), **gated)
     factories: dict[str, Callable[[int], nn.Module]] = {
         "single_task": lambda w: SingleTaskModels(input_dim, num_tasks, hidden_dims=(w,), **kw),
         "shared_bottom": lambda w: SharedBottom(input_dim, num_tasks, bottom_dims=(w,), **kw),
         "cgc": lambda w: PLE(
-            input_dim, num_tasks, 1, num_task_experts, num_shared_experts, (w,), **kw
+            input_dim, num_tasks, 1, num_task_experts, num_shared_experts, (w,), **gated
         ),
         "ple": lambda w: PLE(
-            input_dim, num_tasks, num_levels, num_task_experts, num_shared_experts, (w,), **kw
+            input_dim, num_tasks, num_levels, num_task_experts, num_shared_experts, (w,), **gated
         ),
     }
     width = expert_dim
     if match_parameters:
         reference = MMoE(
-            input_dim, num_tasks, num_experts=num_experts, expert_dims=(expert_dim,), **kw
+            input_dim, num_tasks, num_experts=num_experts, expert_dims=(expert_dim,), **gated
         )
         width = _match_width(factories[name], count_parameters(reference))
     return factories[name](width)

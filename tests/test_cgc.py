@@ -61,7 +61,7 @@ def test_gate_widths_and_inputs():
         assert len(level.task_gates) == K
         for gate in level.task_gates:  # task gate: own + shared experts
             assert (gate.in_features, gate.out_features) == (in_dim, M_T + M_S)
-            assert gate.bias is not None  # default: softmax(W h + b), as ple.mmoe
+            assert gate.bias is None  # the paper's gate: softmax(W h)
         if l < 2:  # shared gate: every expert of the level
             assert (level.shared_gate.in_features, level.shared_gate.out_features) == (
                 in_dim,
@@ -87,9 +87,9 @@ def test_gates_are_linear_plus_softmax():
 
 
 def test_gate_bias_option():
-    model = _ple(gate_bias=False)  # the paper's form, softmax(W h)
-    assert all(g.bias is None for g in model.levels[0].task_gates)
-    assert model.levels[0].shared_gate.bias is None
+    model = _ple(gate_bias=True)  # softmax(W h + b)
+    assert all(g.bias is not None for g in model.levels[0].task_gates)
+    assert model.levels[0].shared_gate.bias is not None
     preds = model(torch.randn(3, D_IN))
     assert [tuple(p.shape) for p in preds] == [(3, 1)] * K
 
