@@ -81,18 +81,18 @@ def test_mmoe_gates_differ_per_task_omoe_share_one():
 
 
 def test_gates_are_linear_plus_softmax():
-    model = MODELS["mmoe"]()
-    assert all(isinstance(g, torch.nn.Linear) and g.bias is not None for g in model.gates)
+    model = MODELS["mmoe"]()  # the paper's gate: softmax(W_k x), no bias
+    assert all(isinstance(g, torch.nn.Linear) and g.bias is None for g in model.gates)
     x = torch.randn(B, D)
     _, gates = model(x, return_gates=True)
-    assert torch.allclose(gates[:, 1], torch.softmax(model.gates[1](x), -1), atol=1e-6)
+    assert torch.allclose(gates[:, 1], torch.softmax(x @ model.gates[1].weight.T, -1), atol=1e-6)
     _, extreme = model(x * 1e4, return_gates=True)  # huge logits: no overflow
     assert torch.isfinite(extreme).all()
     assert torch.allclose(extreme[:, 0], torch.softmax(model.gates[0](x * 1e4), -1), atol=1e-6)
-    paper = MMoE(D, K, num_experts=E, expert_dims=(8,), gate_bias=False)  # softmax(W_k x)
-    assert all(g.bias is None for g in paper.gates)
-    _, gates = paper(x, return_gates=True)
-    assert torch.allclose(gates[:, 2], torch.softmax(x @ paper.gates[2].weight.T, -1), atol=1e-6)
+    biased = MMoE(D, K, num_experts=E, expert_dims=(8,), gate_bias=True)  # softmax(W_k x + b_k)
+    assert all(g.bias is not None for g in biased.gates)
+    _, gates = biased(x, return_gates=True)
+    assert torch.allclose(gates[:, 2], torch.softmax(biased.gates[2](x), -1), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -129,7 +129,7 @@ def test_constructor_errors():
 def test_parameter_counts_add_up():
     model = MMoE(D, 2, num_experts=E, expert_dims=(8,), tower_dims=(4,))
     experts = E * (D * 8 + 8 + 2 * 8)
-    gates = 2 * (E * D + E)
+    gates = 2 * E * D  # no gate bias by default
     towers = 2 * ((8 * 4 + 4 + 2 * 4) + 4 + 1)
     assert count_parameters(model) == experts + gates + towers
 
