@@ -25,6 +25,15 @@ def _seed():
     seed_everything(0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Models this small train fastest on one thread, and are then immune to oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_outputs_one_tensor_per_task(name):
     outputs = MODELS[name]()(torch.randn(B, D))
