@@ -65,7 +65,8 @@ class SharedBottom(nn.Module):
 
 class MixtureOfExperts(nn.Module):
     """Experts shared by all tasks, softmax gates, one tower per task (eq-mmoe-gate,
-    eq-mmoe-mixture). `MMoE` has one gate per task, `OMoE` one gate for all tasks.
+    eq-mmoe-mixture): the common body of `MMoE` (one gate per task) and `OMoE` (one gate for
+    all tasks, `one_gate = True`).
 
     Experts: `StackedMLP(num_experts, input_dim, expert_dims)`, all evaluated in one einsum.
     Gate g: a single `nn.Linear(input_dim, num_experts, bias=gate_bias)` + softmax (no hidden
@@ -75,6 +76,8 @@ class MixtureOfExperts(nn.Module):
     forward(x [B, input_dim]) -> list of num_tasks tensors [B, out_k]; with
     return_gates=True -> (outputs, gates [B, num_tasks, num_experts]), each row on the simplex.
     """
+
+    one_gate = False  # True: one gate serves every task (OMoE)
 
     def __init__(
         self,
@@ -86,15 +89,13 @@ class MixtureOfExperts(nn.Module):
         task_out_dims: int | Sequence[int] = 1,
         dropout: float = 0.0,
         *,
-        num_gates: int,
         gate_bias: bool = False,
     ):
         super().__init__()
         self.input_dim = check_positive_int("input_dim", input_dim)
         self.num_tasks = check_positive_int("num_tasks", num_tasks)
         self.num_experts = check_positive_int("num_experts", num_experts)
-        if num_gates not in (1, num_tasks):
-            raise ValueError(f"num_gates must be 1 or num_tasks={num_tasks}; got {num_gates}")
+        num_gates = 1 if self.one_gate else num_tasks
         self.task_out_dims = _task_out_dims(task_out_dims, num_tasks)
         self.experts = StackedMLP(num_experts, input_dim, expert_dims, dropout=dropout)
         self.gates = nn.ModuleList(
@@ -132,26 +133,9 @@ class MMoE(MixtureOfExperts):
     """Multi-gate Mixture-of-Experts (Ma et al. 2018): one softmax gate per task.
 
     h_k = sum_i g_{k,i}(x) f_i(x), g_k = softmax(W_k x [+ b_k])  (eq-mmoe-gate, eq-mmoe-mixture).
-    x: [B, input_dim] -> list of num_tasks tensors [B, out_k] (and gates [B, K, E] when
-    return_gates=True).
+    Arguments as `MixtureOfExperts`. x: [B, input_dim] -> list of num_tasks tensors [B, out_k]
+    (and gates [B, K, E] when return_gates=True).
     """
-
-    def __init__(
-        self,
-        input_dim: int,
-        num_tasks: int,
-        num_experts: int = 8,
-        expert_dims: Sequence[int] = (64,),
-        tower_dims: Sequence[int] = (32,),
-        task_out_dims: int | Sequence[int] = 1,
-        dropout: float = 0.0,
-        *,
-        gate_bias: bool = False,
-    ):
-        super().__init__(
-            input_dim, num_tasks, num_experts, expert_dims, tower_dims, task_out_dims, dropout,
-            num_gates=num_tasks, gate_bias=gate_bias,
-        )
 
 
 class OMoE(MixtureOfExperts):
@@ -161,22 +145,7 @@ class OMoE(MixtureOfExperts):
     `MMoE`; the returned gates [B, K, E] have K identical rows.
     """
 
-    def __init__(
-        self,
-        input_dim: int,
-        num_tasks: int,
-        num_experts: int = 8,
-        expert_dims: Sequence[int] = (64,),
-        tower_dims: Sequence[int] = (32,),
-        task_out_dims: int | Sequence[int] = 1,
-        dropout: float = 0.0,
-        *,
-        gate_bias: bool = False,
-    ):
-        super().__init__(
-            input_dim, num_tasks, num_experts, expert_dims, tower_dims, task_out_dims, dropout,
-            num_gates=1, gate_bias=gate_bias,
-        )
+    one_gate = True
 
 
 def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
