@@ -69,6 +69,15 @@ def small_input(name: str, gen: torch.Generator, bsz: int = B) -> tuple:
     raise AssertionError(name)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The experts run tiny tensors here: one thread avoids the thread pool's overhead."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
@@ -397,3 +406,89 @@ def test_lightgcn_expert_residual(gen):
     expert = LightGCNExpert(input_dim=12, hidden_dim=16, out_dim=12)
     assert isinstance(expert.skip, torch.nn.Identity)
     assert LightGCNExpert(input_dim=12, out_dim=64)(torch.randn(2, 12, generator=gen)).shape == (2, 64)
+
+
+# ---------------------------------------------------------------- offline inputs from the world
+
+
+def test_poincare_hierarchy_embedding_keeps_the_tree():
+    from ple.experts.hgcn import poincare_distance, poincare_hierarchy_embedding
+
+    cat = np.repeat(np.arange(3), 8)
+    sub = np.repeat(np.arange(6), 4)
+    brand = np.repeat(np.arange(12), 2)
+    pts = torch.from_numpy(poincare_hierarchy_embedding(cat, sub, brand, dim=8)).double()
+    assert pts.shape == (24, 8) and (pts.norm(dim=1) < 1).all()
+    d = poincare_distance(pts[:, None], pts[None, :], 1.0)
+    same_brand = d[0, 1]
+    same_cat_other_sub = d[0, 4:8].mean()
+    other_cat = d[0, 8:].mean()
+    assert same_brand < same_cat_other_sub < other_cat
+    with pytest.raises(ValueError, match="one length"):
+        poincare_hierarchy_embedding(cat, sub[:-1], brand)
+
+
+def test_customer_hierarchy_inputs():
+    from ple.experts.hgcn import customer_hierarchy_inputs
+
+    pts = np.array([[0.5, 0.0], [0.0, 0.5], [-0.3, 0.3]], dtype=np.float32)
+    inter = np.array([[0, 1], [0, 1], [1, 0], [1, 1], [1, 2], [1, 0]])
+    own, nbr, mask = customer_hierarchy_inputs(inter, pts, n_customers=3, max_neighbors=2)
+    assert np.allclose(own[0], pts[1], atol=1e-6)  # one merchant: the customer sits on it
+    assert np.allclose(own[2], 0) and not mask[2].any()  # no interactions: the origin
+    assert mask[1].all() and np.allclose(nbr[1, 0], pts[0])  # most visited first
+    assert (np.linalg.norm(own, axis=1) < 1).all()
+
+
+def test_world_expert_inputs_feed_the_pool():
+    from ple.data.world import generate
+    from ple.experts.pool import world_expert_inputs
+
+    world = generate(60, seed=0, profile="ci")
+    inputs, config = world_expert_inputs(world, lightgcn_epochs=1, diagram_points=8, max_neighbors=4)
+    assert inputs.batch_size == 60 and inputs.collaborative.shape == (60, 64)
+    assert inputs.hierarchy.shape == (60, config.hierarchy_dim)
+    assert inputs.hierarchy_neighbors.shape == (60, 4, config.hierarchy_dim)
+    assert inputs.diagrams.shape == (60, 8, 3)
+    config.overrides = {"temporal": {"d_model": 8, "d_state": 2, "ltc_hidden": 4}}
+    out = ExpertPool(config)(inputs.index(slice(0, 5)))
+    assert out.shared.shape == (5, 512) and torch.isfinite(out.shared).all()
+
+
+# ---------------------------------------------------------------- the experiment harness
+
+
+def test_probe_fits_and_scores():
+    from ple.experts.probe import BestEpochPredictions, PoolProbe, fit_probe, score, target_loss
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 30, generator=gen)
+    y = x[:, 0] - 0.5 * x[:, 1]
+    inputs = ExpertInputs(features=x)
+    pool = ExpertPool(ExpertPoolConfig(feature_dim=30), names=("deepfm",))
+    probe = PoolProbe(pool, {"y": 1})
+    idx = np.arange(200)
+    keep = BestEpochPredictions(inputs, {"y": y}, {"y": "regression"}, idx[150:175], idx[175:])
+    hist = fit_probe(probe, inputs, {"y": y}, {"y": "regression"}, idx[:150], val_idx=idx[150:175],
+                     epochs=15, batch_size=50, lr=1e-2, on_epoch=keep)
+    assert hist["train"][-1] < hist["train"][0] and len(hist["val"]) == 15
+    assert score("regression", keep.test_pred["y"], y.numpy()[175:]) > 0.5
+    assert 0 <= keep.best_epoch["y"] < 15
+    assert score("binary", np.array([0.1, 0.9, 0.2, 0.8]), np.array([0, 1, 0, 1])) == 1.0
+    assert score("multiclass", np.eye(3), np.arange(3)) == 1.0
+    assert score("regression", np.arange(5.0), np.arange(5.0)) == 1.0
+    with pytest.raises(ValueError, match="kind"):
+        target_loss("ordinal", torch.zeros(2, 1), torch.zeros(2))
+    with pytest.raises(ValueError, match="no head"):
+        fit_probe(probe, inputs, {"z": y}, {"z": "regression"}, idx[:10])
+
+
+def test_benchmark_rows():
+    from ple.experts.pool import benchmark_experts, synthetic_expert_inputs
+
+    cfg = ExpertPoolConfig(overrides={"temporal": {"d_model": 8, "d_state": 2, "ltc_hidden": 4}})
+    pool = ExpertPool(cfg, names=("lightgcn", "temporal"))
+    rows = benchmark_experts(synthetic_expert_inputs(4, cfg, txn_len=12, session_len=6, n_points=4),
+                             pool, reps=1, warmup=0)
+    assert [r["expert"] for r in rows] == ["lightgcn", "temporal"]
+    assert all(r["fwd_bwd_ms"] > 0 and r["parameters"] > 0 and r["batch_size"] == 4 for r in rows)

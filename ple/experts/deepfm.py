@@ -37,7 +37,7 @@ def fm_interaction(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 class DeepFMExpert(SharedExpert):
     """DeepFM expert (eq-fm): FM over the 644 normalised features, in parallel with a deep MLP.
 
-    ``out = W [LN(w0 + <w, x>) || LN(fm_interaction(x, V)) || MLP(x)] + b``
+    ``out = W [w0 + <w, x> || fm_interaction(x, V) || MLP(x)] + b``
 
     Shapes: `x` `[B, input_dim]` -> `[B, out_dim]`.
 
@@ -63,7 +63,6 @@ class DeepFMExpert(SharedExpert):
         self.v = nn.Parameter(torch.randn(input_dim, embed_dim) / math.sqrt(input_dim))
         self.linear = nn.Linear(input_dim, 1)  # w0 + sum_i w_i x_i
         self.deep = MLP(input_dim, hidden_dims, dropout=dropout)
-        self.norm = nn.LayerNorm(1 + embed_dim)
         self.proj = nn.Linear(1 + embed_dim + self.deep.out_features, out_dim)
 
     def fm_score(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,4 +76,4 @@ class DeepFMExpert(SharedExpert):
             return self.absent(batch_size)
         check_tensor(x, "features", ("B", self.input_dim), "input_dim")
         wide = torch.cat([self.linear(x), fm_interaction(x, self.v)], dim=-1)
-        return self.proj(torch.cat([self.norm(wide), self.deep(x)], dim=-1))
+        return self.proj(torch.cat([wide, self.deep(x)], dim=-1))

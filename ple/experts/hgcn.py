@@ -5,11 +5,12 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['MIN_NORM', 'project', 'mobius_add', 'conformal_factor', 'expmap0', 'logmap0', 'expmap', 'logmap', 'poincare_distance', 'mobius_matvec', 'HGCNLayer', 'HGCNExpert']
+__all__ = ['MIN_NORM', 'project', 'mobius_add', 'conformal_factor', 'expmap0', 'logmap0', 'expmap', 'logmap', 'poincare_distance', 'mobius_matvec', 'HGCNLayer', 'HGCNExpert', 'poincare_hierarchy_embedding', 'customer_hierarchy_inputs']
 
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -169,11 +170,13 @@ class HGCNExpert(SharedExpert):
         out_dim: int = 128,
         learn_curvature: bool = True,
         init_curvature: float = 1.0,
+        input_scale: float | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= poincare_dim <= input_dim:
             raise ValueError(f"poincare_dim must lie in [0, {input_dim}]; got {poincare_dim}")
         self.input_dim, self.poincare_dim, self.out_dim = input_dim, poincare_dim, out_dim
+        self.input_scale = 1 / math.sqrt(input_dim) if input_scale is None else input_scale
         dims = [input_dim, *hidden_dims, out_dim]
         self.layers = nn.ModuleList(HGCNLayer(a, b) for a, b in zip(dims[:-1], dims[1:]))
         rho = torch.full((len(dims),), _curvature_param(init_curvature))
@@ -190,7 +193,7 @@ class HGCNExpert(SharedExpert):
             raise ValueError("the first poincare_dim columns must be points of the unit ball (norm < 1)")
         parts = [logmap0(p, 1.0)] if self.poincare_dim else []
         # scale to unit expected norm, so exp0 does not saturate at the ball's edge
-        return torch.cat([*parts, e], dim=-1) / math.sqrt(self.input_dim)
+        return torch.cat([*parts, e], dim=-1) * self.input_scale
 
     def forward(
         self,
@@ -221,3 +224,81 @@ class HGCNExpert(SharedExpert):
         for layer_idx in range(1, len(self.layers)):
             h = self.layers[layer_idx](h.unsqueeze(1), ones, c[layer_idx], c[layer_idx + 1])
         return logmap0(h, c[-1])
+
+
+def poincare_hierarchy_embedding(
+    category: np.ndarray,
+    subcategory: np.ndarray,
+    brand: np.ndarray,
+    dim: int = 20,
+    step: float = 0.6,
+    spread: tuple[float, float, float] = (0.6, 0.4, 0.25),
+    seed: int = 0,
+) -> np.ndarray:
+    """Points of the unit Poincaré ball (c = 1) for the merchants of a 4-level hierarchy.
+
+    Level l (category 1, subcategory 2, brand 3, merchant 4) sits at ``exp0(step * l * u)``, where
+    u is the parent's direction plus `spread[l - 2]` times a random direction, renormalised; the
+    category directions are orthonormal when there are at most `dim` categories.
+
+    Args:
+        category, subcategory, brand: int arrays `[M]` (one entry per merchant).
+
+    Returns:
+        float32 `[M, dim]`, every row of norm < 1.
+    """
+    cat, sub, br = (np.asarray(a, dtype=np.int64) for a in (category, subcategory, brand))
+    if not (cat.shape == sub.shape == br.shape) or cat.ndim != 1:
+        raise ValueError(f"category, subcategory, brand must be 1-D of one length; got "
+                         f"{list(cat.shape)}, {list(sub.shape)}, {list(br.shape)}")
+    rng = np.random.default_rng(seed)
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    n_cat = int(cat.max()) + 1
+    u_cat = np.eye(dim)[:n_cat] if n_cat <= dim else unit(rng.standard_normal((n_cat, dim)))
+    u_sub = unit(u_cat[cat] + spread[0] * unit(rng.standard_normal((int(sub.max()) + 1, dim)))[sub])
+    u_br = unit(u_sub + spread[1] * unit(rng.standard_normal((int(br.max()) + 1, dim)))[br])
+    u_m = unit(u_br + spread[2] * unit(rng.standard_normal((len(cat), dim))))
+    r = np.tanh(4 * step)  # exp0 of a tangent vector of length 4 * step, at c = 1
+    return (r * u_m).astype(np.float32)
+
+
+def customer_hierarchy_inputs(
+    interactions: np.ndarray, merchant_points: np.ndarray, n_customers: int, max_neighbors: int = 8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each customer's own Poincaré coordinates and its most visited merchants.
+
+    The customer's point is ``exp0(mean_e log0(p_{m_e}))`` over its interactions e (the origin
+    without any); the neighbours are its `max_neighbors` most visited merchants (ties: lower id).
+
+    Args:
+        interactions: `[E, 2]` int (customer, merchant).
+        merchant_points: `[M, d]` points of the unit ball.
+
+    Returns:
+        points `[N, d]`, neighbors `[N, K, d]`, neighbor_mask `[N, K]` bool (float32 arrays).
+    """
+    e = np.asarray(interactions, dtype=np.int64)
+    pts = np.asarray(merchant_points, dtype=np.float64)
+    norm = np.linalg.norm(pts, axis=1, keepdims=True)
+    tangent = np.arctanh(np.clip(norm, 0, 1 - 1e-7)) * pts / np.maximum(norm, 1e-15)  # log0, c = 1
+    d = pts.shape[1]
+    counts = np.bincount(e[:, 0], minlength=n_customers).astype(np.float64)
+    mean = np.stack([np.bincount(e[:, 0], weights=tangent[e[:, 1], k], minlength=n_customers)
+                     for k in range(d)], 1) / np.maximum(counts, 1)[:, None]
+    mn = np.linalg.norm(mean, axis=1, keepdims=True)
+    points = np.tanh(mn) * mean / np.maximum(mn, 1e-15)  # exp0, c = 1
+    # most visited merchants: sort (customer, -visits, merchant)
+    pair, visits = np.unique(e, axis=0, return_counts=True)
+    order = np.lexsort((pair[:, 1], -visits, pair[:, 0]))
+    pair = pair[order]
+    start = np.searchsorted(pair[:, 0], np.arange(n_customers))
+    rank = np.arange(len(pair)) - start[pair[:, 0]]
+    keep = rank < max_neighbors
+    neighbors = np.zeros((n_customers, max_neighbors, d), np.float32)
+    mask = np.zeros((n_customers, max_neighbors), bool)
+    neighbors[pair[keep, 0], rank[keep]] = pts[pair[keep, 1]]
+    mask[pair[keep, 0], rank[keep]] = True
+    return points.astype(np.float32), neighbors, mask

@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['EXPERT_CLASSES', 'ExpertInputs', 'ExpertPoolConfig', 'build_expert', 'run_expert', 'ExpertPoolOutput', 'ExpertPool', 'POSTS_PARAMETER_ESTIMATES', 'synthetic_expert_inputs', 'benchmark_experts']
+__all__ = ['EXPERT_CLASSES', 'ExpertInputs', 'ExpertPoolConfig', 'build_expert', 'run_expert', 'ExpertPoolOutput', 'ExpertPool', 'POSTS_PARAMETER_ESTIMATES', 'synthetic_expert_inputs', 'benchmark_experts', 'world_expert_inputs']
 
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -16,8 +16,13 @@ from torch import nn
 
 from ple.experts.causal import CausalExpert
 from ple.experts.deepfm import DeepFMExpert
-from ple.experts.hgcn import HGCNExpert, expmap0
-from ple.experts.lightgcn import LightGCNExpert
+from ple.experts.hgcn import (
+    HGCNExpert,
+    customer_hierarchy_inputs,
+    expmap0,
+    poincare_hierarchy_embedding,
+)
+from ple.experts.lightgcn import LightGCNExpert, lightgcn_embeddings
 from ple.experts.optimal_transport import OptimalTransportExpert
 from ple.experts.perslay import PersLayExpert, persistence_diagrams
 from ple.experts.temporal import TemporalExpert
@@ -246,3 +251,58 @@ def benchmark_experts(
             "fwd_bwd_ms": 1000 * float(np.median(times)),
         })
     return rows
+
+
+def world_expert_inputs(
+    world: object,
+    *,
+    lightgcn_dim: int = 64,
+    lightgcn_layers: int = 3,
+    lightgcn_epochs: int = 30,
+    poincare_dim: int = 20,
+    max_neighbors: int = 8,
+    diagram_points: int = 32,
+    merchant_block: slice = slice(623, 644),
+    seed: int = 0,
+) -> tuple[ExpertInputs, ExpertPoolConfig]:
+    """Every expert's input for all customers of a customer world (ple.data.world), as tensors.
+
+    Reads `features` [N, 644], `txn_seq`, `session_seq`, `interactions` [E, 2], the merchant
+    hierarchy (`merchant_category`, `merchant_subcategory`, `merchant_brand`) and, if present,
+    `balance_seq` [N, T] (PersLay's series; else the transaction sequence's channels).
+
+    Returns:
+        (ExpertInputs with N rows, the matching ExpertPoolConfig).
+    """
+    feats = np.asarray(world.features, dtype=np.float32)
+    n = feats.shape[0]
+    n_merchants = int(np.asarray(world.merchant_category).shape[0])
+    collab, _ = lightgcn_embeddings(world.interactions, n, n_merchants, dim=lightgcn_dim,
+                                    num_layers=lightgcn_layers, epochs=lightgcn_epochs, seed=seed)
+    mpts = poincare_hierarchy_embedding(world.merchant_category, world.merchant_subcategory,
+                                        world.merchant_brand, dim=poincare_dim, seed=seed)
+    pts, nbr, nmask = customer_hierarchy_inputs(world.interactions, mpts, n, max_neighbors)
+    merchant_feats = feats[:, merchant_block]
+    hierarchy = np.concatenate([pts, merchant_feats], 1)
+    nbr = np.concatenate([nbr, np.zeros((n, max_neighbors, merchant_feats.shape[1]), np.float32)], 2)
+    series = getattr(world, "balance_seq", None)
+    series = np.asarray(series)[:, :, None] if series is not None else np.asarray(world.txn_seq)
+    diag, dmask = persistence_diagrams(series, diagram_points)
+    txn, sess = np.asarray(world.txn_seq, np.float32), np.asarray(world.session_seq, np.float32)
+    inputs = ExpertInputs(
+        features=torch.from_numpy(feats),
+        collaborative=collab,
+        hierarchy=torch.from_numpy(hierarchy),
+        hierarchy_neighbors=torch.from_numpy(nbr),
+        hierarchy_mask=torch.from_numpy(nmask),
+        txn_seq=torch.from_numpy(txn),
+        session_seq=torch.from_numpy(sess),
+        diagrams=torch.from_numpy(diag),
+        diagram_mask=torch.from_numpy(dmask),
+    )
+    config = ExpertPoolConfig(
+        feature_dim=feats.shape[1], collaborative_dim=lightgcn_dim, hierarchy_dim=hierarchy.shape[1],
+        poincare_dim=poincare_dim, txn_dim=txn.shape[2], session_dim=sess.shape[2],
+        diagram_channels=2 * series.shape[2],
+    )
+    return inputs, config

@@ -22,59 +22,61 @@ class _SelectiveScan(torch.autograd.Function):
 
     Forward keeps only the inputs and one state per chunk; backward recomputes each chunk's states
     from its starting state and runs ``g_t = C_t y'_t + A_bar_{t+1} g_{t+1}`` backwards in time.
+    Inside a chunk the tensors are time-major `[L, B, d, N]`, so every step reads and writes
+    contiguous memory.
     """
 
     @staticmethod
+    def _chunk(u, delta, A, B, h):
+        # u, delta [L, B, d]; B [L, B, N]; h [B, d, N] -> A_bar, H (states) [L, B, d, N]
+        dA = torch.exp(delta.unsqueeze(-1) * A)  # A_bar_t = exp(delta_t A)
+        H = (delta * u).unsqueeze(-1) * B.unsqueeze(2)  # B_bar_t u_t, overwritten by h_t below
+        for t in range(H.shape[0]):
+            h = H[t].addcmul_(dA[t], h)  # h_t = A_bar_t h_{t-1} + B_bar_t u_t
+        return dA, H
+
+    @staticmethod
     def forward(ctx, u, delta, A, B, C, h0, chunk_len):  # type: ignore[override]
-        bsz, T, d = u.shape
-        ys = u.new_empty(bsz, T, d)
-        h, starts = h0, []
+        ut, dt, Bt, Ct = (x.transpose(0, 1) for x in (u, delta, B, C))  # time-major views
+        T = ut.shape[0]
+        ys, h, starts = [], h0, []
         for s in range(0, T, chunk_len):
             e = min(s + chunk_len, T)
             starts.append(h)
-            dA = torch.exp(delta[:, s:e, :, None] * A)  # A_bar_t = exp(delta_t A), [B, L, d, N]
-            dBu = (delta[:, s:e] * u[:, s:e])[..., None] * B[:, s:e, None, :]  # B_bar_t u_t
-            H = torch.empty_like(dA)
-            for t in range(e - s):
-                h = torch.addcmul(dBu[:, t], dA[:, t], h)  # h_t = A_bar_t h_{t-1} + B_bar_t u_t
-                H[:, t] = h
-            ys[:, s:e] = torch.einsum("bldn,bln->bld", H, C[:, s:e])  # y_t = C_t . h_t
-        ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts, 1))
+            _, H = _SelectiveScan._chunk(ut[s:e], dt[s:e], A, Bt[s:e], h)
+            h = H[-1]
+            ys.append(torch.einsum("lbdn,lbn->lbd", H, Ct[s:e]))  # y_t = C_t . h_t
+        ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts))
         ctx.chunk_len = chunk_len
-        return ys, h
+        return torch.cat(ys).transpose(0, 1), h.clone()
 
     @staticmethod
     def backward(ctx, gy, gh_last):  # type: ignore[override]
         u, delta, A, B, C, starts = ctx.saved_tensors
-        L, T = ctx.chunk_len, u.shape[1]
-        gu, gdelta, gB, gC = (torch.zeros_like(t) for t in (u, delta, B, C))
+        ut, dt, Bt, Ct, gyt = (x.transpose(0, 1) for x in (u, delta, B, C, gy))
+        L, T = ctx.chunk_len, ut.shape[0]
+        gu, gdelta, gB, gC = (torch.empty_like(x) for x in (ut, dt, Bt, Ct))
         gA = torch.zeros_like(A)
-        # carry = dL/dh_t from the future: A_bar_{t+1} g_{t+1} (the final state's own gradient at T)
-        carry = torch.zeros_like(starts[:, 0]) if gh_last is None else gh_last.clone()
+        # carry = A_bar_{t+1} g_{t+1}: the gradient reaching h_t from the future
+        carry = torch.zeros_like(starts[0]) if gh_last is None else gh_last.clone()
         for ci, s in reversed(list(enumerate(range(0, T, L)))):
             e = min(s + L, T)
-            dA = torch.exp(delta[:, s:e, :, None] * A)
-            du = delta[:, s:e] * u[:, s:e]
-            dBu = du[..., None] * B[:, s:e, None, :]
-            H = torch.empty_like(dA)
-            h = starts[:, ci]
-            for t in range(e - s):  # recompute the chunk's states
-                h = torch.addcmul(dBu[:, t], dA[:, t], h)
-                H[:, t] = h
-            h_prev = torch.cat([starts[:, ci, None], H[:, :-1]], dim=1)
-            gH = gy[:, s:e, :, None] * C[:, s:e, None, :]  # direct part C_t y'_t
+            dA, H = _SelectiveScan._chunk(ut[s:e], dt[s:e], A, Bt[s:e], starts[ci])
+            h_prev = torch.cat([starts[ci].unsqueeze(0), H[:-1]])
+            gH = gyt[s:e].unsqueeze(-1) * Ct[s:e].unsqueeze(2)  # direct part C_t y'_t
             for t in reversed(range(e - s)):
-                gH[:, t] += carry  # g_t = C_t y'_t + A_bar_{t+1} g_{t+1}
-                carry = gH[:, t] * dA[:, t]
+                gH[t] += carry  # g_t = C_t y'_t + A_bar_{t+1} g_{t+1}
+                carry = gH[t] * dA[t]
             g_log = gH * h_prev * dA  # dL / d(delta_t A)
-            gdelta[:, s:e] = (g_log * A).sum(-1)
-            gA += torch.einsum("bldn,bld->dn", g_log, delta[:, s:e])
-            g_du = torch.einsum("bldn,bln->bld", gH, B[:, s:e])  # dL / d(delta_t u_t)
-            gdelta[:, s:e] += g_du * u[:, s:e]
-            gu[:, s:e] = g_du * delta[:, s:e]
-            gB[:, s:e] = torch.einsum("bldn,bld->bln", gH, du)
-            gC[:, s:e] = torch.einsum("bldn,bld->bln", H, gy[:, s:e])
-        return gu, gdelta, gA, gB, gC, carry, None
+            gdelta[s:e] = (g_log * A).sum(-1)
+            gA += torch.einsum("lbdn,lbd->dn", g_log, dt[s:e])
+            g_du = torch.einsum("lbdn,lbn->lbd", gH, Bt[s:e])  # dL / d(delta_t u_t)
+            gdelta[s:e] += g_du * ut[s:e]
+            gu[s:e] = g_du * dt[s:e]
+            gB[s:e] = torch.einsum("lbdn,lbd->lbn", gH, dt[s:e] * ut[s:e])
+            gC[s:e] = torch.einsum("lbdn,lbd->lbn", H, gyt[s:e])
+        return (gu.transpose(0, 1), gdelta.transpose(0, 1), gA, gB.transpose(0, 1),
+                gC.transpose(0, 1), carry, None)
 
 
 def selective_scan(
@@ -234,11 +236,11 @@ class TemporalExpert(SharedExpert):
     """Temporal expert: selective SSM + liquid cell + causal Transformer, fused (the posts' ensemble).
 
     * transaction sequence `[B, T1, txn_dim]` -> linear embedding -> (a) a Mamba block
-      (eq-ssm), summary = last step; (b) a patch Transformer with causal mask
+      (eq-ssm), summary = last step and mean over steps; (b) a patch Transformer with causal mask
       (eq-causal-attention), summary = last patch;
     * session sequence `[B, T2, session_dim]` -> liquid time-constant cell (eq-ltc), summary = last
       state (column `session_dt_index` of the sessions, if given, is the step dt);
-    * ``out = MLP([ssm || attention || ltc])`` -> `[B, out_dim]`. A missing sequence gives zero
+    * ``out = MLP([ssm_last || ssm_mean || attention || ltc])`` -> `[B, out_dim]`. A missing sequence gives zero
       summaries for its branches; both missing gives zeros `[B, out_dim]`.
     """
 
@@ -267,7 +269,7 @@ class TemporalExpert(SharedExpert):
         self.ssm_out = nn.LayerNorm(d_model)
         self.attention = PatchCausalTransformer(d_model, patch_len, n_heads, ff_dim)
         self.ltc = LiquidCell(session_dim, ltc_hidden)
-        self.fuse = MLP(2 * d_model + ltc_hidden, (fusion_dim,), out_dim=out_dim)
+        self.fuse = MLP(3 * d_model + ltc_hidden, (fusion_dim,), out_dim=out_dim)
 
     def sequence_outputs(
         self, txn_seq: torch.Tensor | None, session_seq: torch.Tensor | None = None
@@ -307,6 +309,7 @@ class TemporalExpert(SharedExpert):
         zeros = self.txn_embed.weight.new_zeros
         parts = [
             seq["ssm"][:, -1] if "ssm" in seq else zeros(bsz, self.d_model),
+            seq["ssm"].mean(1) if "ssm" in seq else zeros(bsz, self.d_model),
             seq["attention"][:, -1] if "attention" in seq else zeros(bsz, self.d_model),
             seq["ltc"][:, -1] if "ltc" in seq else zeros(bsz, self.ltc_hidden),
         ]
