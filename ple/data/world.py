@@ -1006,48 +1006,65 @@ def _npy_header(dtype, shape: tuple[int, ...], total: int = 128) -> bytes:
     return b"\x93NUMPY\x01\x00" + (total - 10).to_bytes(2, "little") + body.encode("latin1")
 
 
+class _Appender:
+    """A .npy file written front to back, one chunk of rows at a time (the shape is known up
+    front, or fixed at `close` for the interaction list); only the chunk is ever in memory."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...] | None, row_shape: tuple[int, ...], dtype):
+        self.path, self.shape, self.row_shape, self.dtype = path, shape, row_shape, np.dtype(dtype)
+        self.rows = 0
+        self.file = open(path, "wb")
+        self.file.write(_npy_header(self.dtype, shape or (0, *row_shape)))
+
+    def __setitem__(self, key, value) -> None:
+        start = key if isinstance(key, int) else key.start
+        if start != self.rows:
+            raise ValueError(f"{self.path.name}: rows must be written in order; got row {start}, "
+                             f"expected {self.rows}")
+        value = np.ascontiguousarray(value, dtype=self.dtype).reshape(-1, *self.row_shape)
+        self.file.write(value.tobytes())
+        self.rows += value.shape[0]
+
+    def close(self) -> np.ndarray:
+        if self.shape is None:
+            self.file.seek(0)
+            self.file.write(_npy_header(self.dtype, (self.rows, *self.row_shape)))
+        elif self.rows != self.shape[0]:
+            raise ValueError(f"{self.path.name}: wrote {self.rows} rows; expected {self.shape[0]}")
+        self.file.close()
+        return np.load(self.path, mmap_mode="r")
+
+
 class _Sink:
-    """Destination of the generated arrays: memory, or .npy files in `out_dir` (memmaps)."""
+    """Destination of the generated arrays: memory, or .npy files in `out_dir` written chunk by
+    chunk and reopened as read-only memmaps."""
 
     def __init__(self, out_dir: str | None):
         self.dir = None if out_dir is None else Path(out_dir)
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
-        self.arrays: dict[str, np.ndarray] = {}
-        self.edges: list[np.ndarray] = []
-        self.n_edges = 0
-        self._edge_file = None
+        self.arrays: dict[str, np.ndarray | _Appender] = {}
 
-    def array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    def array(self, name: str, shape: tuple[int, ...] | None, dtype, row_shape: tuple[int, ...] = ()):
+        """A [shape] array to fill in row order (shape None: rows of `row_shape`, count unknown)."""
         if self.dir is None:
-            a = np.empty(shape, dtype=dtype)
+            a = np.empty(shape, dtype=dtype) if shape is not None else []
         else:
-            a = np.lib.format.open_memmap(self.dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+            a = _Appender(self.dir / f"{name}.npy", shape, shape[1:] if shape else row_shape, dtype)
         self.arrays[name] = a
         return a
 
-    def append_edges(self, edges: np.ndarray) -> None:
-        edges = np.ascontiguousarray(edges, dtype=np.int64)
-        if self.dir is None:
-            self.edges.append(edges)
-        else:
-            if self._edge_file is None:
-                self._edge_file = open(self.dir / "interactions.npy", "wb")
-                self._edge_file.write(_npy_header(np.int64, (0, 2)))
-            self._edge_file.write(edges.tobytes())
-        self.n_edges += edges.shape[0]
-
-    def finish_edges(self) -> np.ndarray:
-        if self.dir is None:
-            return np.concatenate(self.edges) if self.edges else np.zeros((0, 2), np.int64)
-        if self._edge_file is None:
-            self.append_edges(np.zeros((0, 2), np.int64))
-        self._edge_file.seek(0)
-        self._edge_file.write(_npy_header(np.int64, (self.n_edges, 2)))
-        self._edge_file.close()
-        for a in self.arrays.values():
-            a.flush()
-        return np.load(self.dir / "interactions.npy", mmap_mode="r")
+    def finish(self) -> dict[str, np.ndarray]:
+        """Every array, complete (memmaps when streaming)."""
+        out = {}
+        for name, a in self.arrays.items():
+            if isinstance(a, _Appender):
+                out[name] = a.close()
+            elif isinstance(a, list):
+                out[name] = np.concatenate(a) if a else np.zeros((0, 2), np.int64)
+            else:
+                out[name] = a
+        return out
 
 
 def _label_spec(task: str, n: int) -> tuple[tuple[int, ...], type]:
@@ -1103,8 +1120,10 @@ def generate(n_customers: int, seed: int = 0, profile: str = "ci", *, out_dir: s
     regimes = {m: sink.array(f"regime_{m}", (n, cfg.chain_length(m)), np.int8) for m in HMM_MODES}
     labels = {t: sink.array(f"label_{t}", *_label_spec(t, n)) for t in TASK_NAMES}
     signals = {e: sink.array(f"signal_{e}", (n,), f32) for e in EXPERT_NAMES}
+    edges = sink.array("interactions", None, np.int64, row_shape=(2,))
     latents: dict[str, np.ndarray] = {}
-    offsets[0] = 0
+    offsets[0:1] = [0]
+    n_edges = 0
     for start in range(0, n, chunk):
         n_take = min(chunk, n - start)
         n_blocks = -(-n_take // BLOCK_SIZE)
@@ -1127,9 +1146,21 @@ def generate(n_customers: int, seed: int = 0, profile: str = "ci", *, out_dir: s
             if k not in latents:
                 latents[k] = sink.array(f"latent_{k}", (n,), v.dtype)
             latents[k][sl] = v
-        offsets[start + 1:start + n_take + 1] = offsets[start] + np.cumsum(sim["n_interactions"])
-        sink.append_edges(np.stack([sim["customer"] + start, sim["merchant"]], axis=1))
-    interactions = sink.finish_edges()
+        offsets[start + 1:start + n_take + 1] = n_edges + np.cumsum(sim["n_interactions"])
+        n_edges += len(sim["customer"])
+        pair = np.stack([sim["customer"] + start, sim["merchant"]], axis=1)
+        if isinstance(edges, list):
+            edges.append(pair)
+        else:
+            edges[n_edges - len(pair):n_edges] = pair
+    arrays = sink.finish()
+    features, txn, sess, bal, offsets, segments = (arrays[k] for k in (
+        "features", "txn_seq", "session_seq", "balance_seq", "interaction_offsets", "segments"))
+    interactions = arrays["interactions"]
+    regimes = {m: arrays[f"regime_{m}"] for m in HMM_MODES}
+    labels = {t: arrays[f"label_{t}"] for t in TASK_NAMES}
+    signals = {e: arrays[f"signal_{e}"] for e in EXPERT_NAMES}
+    latents = {k: arrays[f"latent_{k}"] for k in latents}
     if out_dir is not None:
         meta = dict(format=1, n_customers=n, seed=seed, config=asdict(cfg))
         (Path(out_dir) / "world.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
