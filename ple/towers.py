@@ -129,6 +129,11 @@ class GroupTaskExpertBasket(nn.Module):
         self._group_index = {
             g: torch.tensor([self.task_names.index(t) for t in task_groups[g]]) for g in self.group_names
         }
+        # fast path: when every group is a contiguous run of rows (the registry's order), the groups
+        # are cut with torch.split, whose backward needs no zero-filled scatter of the whole input
+        pos = [i for g in self.group_names for i in self._group_index[g].tolist()]
+        self._contiguous = pos == list(range(len(names)))
+        self._group_sizes = [len(task_groups[g]) for g in self.group_names]
 
     def forward(self, x: torch.Tensor, cluster_probs: torch.Tensor) -> torch.Tensor:
         K = len(self.task_names)
@@ -142,11 +147,16 @@ class GroupTaskExpertBasket(nn.Module):
         e = self.cluster_embedding(cluster_probs)  # [B, cluster_dim]
         e_k = e[:, None, :].expand(B, K, e.shape[1])
         enc_x = torch.cat([x, e_k], dim=2) if self.cluster_input == "encoder" else x
-        z = x.new_empty(B, K, self.encoders[self.group_names[0]].out_features)
-        for g in self.group_names:  # one encoder call per group, batched over its tasks
-            idx = self._group_index[g].to(x.device)
-            xg = enc_x.index_select(1, idx)
-            z[:, idx] = self.encoders[g](xg.reshape(-1, xg.shape[2])).reshape(B, len(idx), -1)
+        if self._contiguous:  # one encoder call per group, batched over its tasks
+            parts = torch.split(enc_x, self._group_sizes, dim=1)
+            z = torch.cat([self.encoders[g](xg.reshape(-1, xg.shape[2])).reshape(B, xg.shape[1], -1)
+                           for g, xg in zip(self.group_names, parts)], dim=1)
+        else:
+            z = x.new_empty(B, K, self.encoders[self.group_names[0]].out_features)
+            for g in self.group_names:
+                idx = self._group_index[g].to(x.device)
+                xg = enc_x.index_select(1, idx)
+                z[:, idx] = self.encoders[g](xg.reshape(-1, xg.shape[2])).reshape(B, len(idx), -1)
         head_x = torch.cat([z, e_k], dim=2) if self.cluster_input == "head" else z
         return self.heads(head_x)
 

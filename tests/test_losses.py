@@ -18,6 +18,7 @@ from ple.losses import (
     mse_loss,
     nll_loss,
     reduce_masked,
+    task_loss,
 )
 
 
@@ -251,3 +252,34 @@ def test_fixed_weighting():
     out = fw({"a": torch.tensor(1.5), "b": torch.tensor(0.5)})
     assert out.item() == pytest.approx(3.5)
     assert FixedWeighting(["a", "b"])({"a": torch.tensor(1.0), "b": torch.tensor(2.0)}).item() == 3.0
+
+
+# ---------------------------------------------------------------- registry dispatch
+def test_task_loss_dispatch_for_every_active_task(gen):
+    from ple.tasks import active_tasks
+
+    for spec in active_tasks():
+        B = 6
+        if spec.task_type == "binary":
+            pred, y = torch.rand(B, 1, generator=gen), (torch.rand(B, generator=gen) < 0.5).float()
+            expected = focal_loss(pred, y, spec.focal_alpha, spec.focal_gamma)
+        elif spec.task_type == "multiclass":
+            pred = torch.softmax(torch.randn(B, spec.output_dim, generator=gen), 1)
+            y = torch.randint(0, spec.num_classes, (B,), generator=gen)
+            expected = nll_loss(pred, y)
+        elif spec.task_type == "contrastive":
+            pred, y = torch.randn(B, spec.output_dim, generator=gen), torch.randint(0, spec.num_classes, (B,))
+            keys = torch.randn(spec.num_classes, spec.output_dim, generator=gen)
+            torch.testing.assert_close(task_loss(spec, pred, y, keys=keys), info_nce_loss(pred, keys, y, spec.infonce_tau))
+            with pytest.raises(ValueError, match="pass keys"):
+                task_loss(spec, pred, y)
+            continue
+        else:
+            pred, y = torch.randn(B, 1, generator=gen), torch.randn(B, generator=gen)
+            expected = huber_loss(pred, y, spec.huber_delta) if spec.loss == "huber" else mse_loss(pred, y)
+        torch.testing.assert_close(task_loss(spec.name, pred, y), expected)
+
+
+def test_task_loss_unknown_task():
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        task_loss("nope", torch.rand(3), torch.zeros(3))

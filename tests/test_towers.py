@@ -221,3 +221,19 @@ def test_task_side_bad_input():
         side.task_losses(preds, {"nope": torch.zeros(2)})
     with pytest.raises(ValueError, match="basket must be"):
         TaskSide(active_tasks(), basket="mlp")
+
+
+def test_group_basket_fast_and_general_paths_agree():
+    torch.manual_seed(0)
+    grouped = GroupTaskExpertBasket(GROUPS, input_dim=10, group_dims=(8,)).eval()
+    assert grouped._contiguous
+    order = list(reversed(grouped.task_names))
+    shuffled = GroupTaskExpertBasket(GROUPS, input_dim=10, group_dims=(8,), task_names=order).eval()
+    assert not shuffled._contiguous
+    shuffled.load_state_dict(grouped.state_dict())
+    perm = [grouped.task_names.index(t) for t in order]
+    with torch.no_grad():  # the heads follow the task order
+        shuffled.heads.weight.copy_(grouped.heads.weight[perm])
+        shuffled.heads.bias.copy_(grouped.heads.bias[perm])
+    x, p = torch.randn(3, 16, 10), _probs(3)
+    torch.testing.assert_close(shuffled(x[:, perm], p), grouped(x, p)[:, perm])
