@@ -33,11 +33,16 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _check_finite(t: torch.Tensor, name: str) -> None:
-    if t.is_floating_point():
-        if torch.isnan(t).any():
-            raise ValueError(f"{name} contains NaN")
-        if torch.isinf(t).any():
-            raise ValueError(f"{name} contains inf")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN" if torch.isnan(t).any() else f"{name} contains inf")
+
+
+def _outside(t: torch.Tensor, low: float, high: float, high_inclusive: bool = True) -> bool:
+    """True if some entry of t is < low or > high (>= high when not high_inclusive)."""
+    if t.numel() == 0:
+        return False
+    lo, hi = torch.aminmax(t)
+    return bool(lo < low) or bool(hi > high if high_inclusive else hi >= high)
 
 
 def _as_batch(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -49,18 +54,20 @@ def _as_batch(t: torch.Tensor, name: str) -> torch.Tensor:
     return t
 
 
-def _prepare_mask(mask: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
-    """Sample mask [B] as bool; None means every sample has a label."""
+def _prepare_mask(mask: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor | None:
+    """Sample mask [B] as bool; None (every sample has a label) stays None."""
     if mask is None:
-        return torch.ones(batch, dtype=torch.bool, device=device)
+        return None
     mask = _as_batch(mask, "mask")
     if mask.shape[0] != batch:
         raise ValueError(f"mask has shape {_shape(mask)}; expected [{batch}] (one entry per sample)")
     return mask.to(device=device).bool() if mask.dtype == torch.bool else mask.to(device) != 0
 
 
-def _fill_masked(target: torch.Tensor, mask: torch.Tensor, fill: float | int) -> torch.Tensor:
+def _fill_masked(target: torch.Tensor, mask: torch.Tensor | None, fill: float | int) -> torch.Tensor:
     """Replace the targets of masked samples (they may be NaN or -1) by a harmless value."""
+    if mask is None:
+        return target
     m = mask.view(-1, *([1] * (target.dim() - 1)))
     return torch.where(m, target, torch.as_tensor(fill, dtype=target.dtype, device=target.device))
 
@@ -76,6 +83,10 @@ def reduce_masked(loss: torch.Tensor, mask: torch.Tensor | None = None, reductio
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
     mask = _prepare_mask(mask, loss.shape[0], loss.device)
+    if mask is None:  # every sample labelled
+        if reduction == "none":
+            return loss
+        return loss.sum() if reduction == "sum" else loss.sum() / max(loss.shape[0], 1)
     per_sample = torch.where(mask, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
     if reduction == "none":
         return per_sample
@@ -97,7 +108,7 @@ def _check_binary_inputs(pred: torch.Tensor, target: torch.Tensor, mask, pred_na
     dtype = _compute_dtype(pred)
     target = _fill_masked(target.to(dtype), mask, 0.0)
     _check_finite(target, "target (labelled samples)")
-    if ((target < 0) | (target > 1)).any():
+    if _outside(target, 0.0, 1.0):
         raise ValueError("target must lie in [0, 1] for a binary task")
     return pred.to(dtype), target, mask
 
@@ -127,7 +138,7 @@ def focal_loss(
     """
     _check_focal_params(alpha, gamma)
     probs, target, mask = _check_binary_inputs(probs, target, mask, "probs")
-    if ((probs < 0) | (probs > 1)).any():
+    if _outside(probs, 0.0, 1.0):
         raise ValueError("probs must lie in [0, 1] (a sigmoid output); got values outside")
     p = probs.clamp(eps, 1.0 - eps)
     pos = alpha * (1.0 - p).pow(gamma) * torch.log(p)
@@ -209,7 +220,7 @@ def _check_class_target(target: torch.Tensor, batch: int, num_classes: int, mask
         raise ValueError(f"target must hold integer class ids; got dtype {target.dtype}")
     mask = _prepare_mask(mask, batch, target.device)
     target = _fill_masked(target.long(), mask, 0)
-    if ((target < 0) | (target >= num_classes)).any():
+    if _outside(target, 0, num_classes, high_inclusive=False):
         raise ValueError(f"target class ids must lie in [0, {num_classes}) for labelled samples")
     return target, mask
 

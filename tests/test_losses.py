@@ -283,3 +283,9 @@ def test_task_loss_dispatch_for_every_active_task(gen):
 def test_task_loss_unknown_task():
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         task_loss("nope", torch.rand(3), torch.zeros(3))
+
+
+def test_empty_batch_gives_zero():
+    assert focal_loss(torch.rand(0), torch.rand(0)).item() == 0.0
+    assert nll_loss(torch.rand(0, 3), torch.zeros(0, dtype=torch.long)).item() == 0.0
+    assert huber_loss(torch.rand(0), torch.rand(0)).item() == 0.0
