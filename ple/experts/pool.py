@@ -233,14 +233,18 @@ def benchmark_experts(
     Returns one dict per expert: name, parameters, posts_estimate, batch_size, fwd_bwd_ms.
     """
     pool = pool or ExpertPool()
+    device = next(pool.parameters()).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = []
     for name in pool.names:
         expert = pool.experts[name]
         times = []
         for rep in range(warmup + reps):
             expert.zero_grad(set_to_none=True)
+            sync()
             start = time.perf_counter()
             run_expert(expert, name, inputs).square().mean().backward()
+            sync()  # GPU kernels run asynchronously: wait for them before reading the clock
             if rep >= warmup:
                 times.append(time.perf_counter() - start)
         rows.append({

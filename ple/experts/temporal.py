@@ -37,7 +37,7 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, h0, chunk_len):  # type: ignore[override]
-        ut, dt, Bt, Ct = (x.transpose(0, 1) for x in (u, delta, B, C))  # time-major views
+        ut, dt, Bt, Ct = (x.transpose(0, 1).contiguous() for x in (u, delta, B, C))  # time-major
         T = ut.shape[0]
         ys, h, starts = [], h0, []
         for s in range(0, T, chunk_len):
@@ -45,7 +45,7 @@ class _SelectiveScan(torch.autograd.Function):
             starts.append(h)
             _, H = _SelectiveScan._chunk(ut[s:e], dt[s:e], A, Bt[s:e], h)
             h = H[-1]
-            ys.append(torch.einsum("lbdn,lbn->lbd", H, Ct[s:e]))  # y_t = C_t . h_t
+            ys.append((H * Ct[s:e].unsqueeze(2)).sum(-1))  # y_t = C_t . h_t
         ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts))
         ctx.chunk_len = chunk_len
         return torch.cat(ys).transpose(0, 1), h.clone()
@@ -53,7 +53,7 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, gh_last):  # type: ignore[override]
         u, delta, A, B, C, starts = ctx.saved_tensors
-        ut, dt, Bt, Ct, gyt = (x.transpose(0, 1) for x in (u, delta, B, C, gy))
+        ut, dt, Bt, Ct, gyt = (x.transpose(0, 1).contiguous() for x in (u, delta, B, C, gy))
         L, T = ctx.chunk_len, ut.shape[0]
         gu, gdelta, gB, gC = (torch.empty_like(x) for x in (ut, dt, Bt, Ct))
         gA = torch.zeros_like(A)
@@ -69,12 +69,12 @@ class _SelectiveScan(torch.autograd.Function):
                 carry = gH[t] * dA[t]
             g_log = gH * h_prev * dA  # dL / d(delta_t A)
             gdelta[s:e] = (g_log * A).sum(-1)
-            gA += torch.einsum("lbdn,lbd->dn", g_log, dt[s:e])
-            g_du = torch.einsum("lbdn,lbn->lbd", gH, Bt[s:e])  # dL / d(delta_t u_t)
+            gA += (g_log * dt[s:e].unsqueeze(-1)).sum((0, 1))
+            g_du = (gH * Bt[s:e].unsqueeze(2)).sum(-1)  # dL / d(delta_t u_t)
             gdelta[s:e] += g_du * ut[s:e]
             gu[s:e] = g_du * dt[s:e]
-            gB[s:e] = torch.einsum("lbdn,lbd->lbn", gH, dt[s:e] * ut[s:e])
-            gC[s:e] = torch.einsum("lbdn,lbd->lbn", H, gyt[s:e])
+            gB[s:e] = (gH * (dt[s:e] * ut[s:e]).unsqueeze(-1)).sum(2)
+            gC[s:e] = (H * gyt[s:e].unsqueeze(-1)).sum(2)
         return (gu.transpose(0, 1), gdelta.transpose(0, 1), gA, gB.transpose(0, 1),
                 gC.transpose(0, 1), carry, None)
 
