@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ple.layers import normalized_entropy
 from ple.tasks import EXPERT_DIMS, EXPERT_NAMES, get_task
 
 DEFAULT_ENTROPY_LAMBDA = 0.01  # cgc.entropy_lambda in the posts
@@ -98,8 +99,11 @@ def gate_entropy(w: torch.Tensor) -> torch.Tensor:
 
 
 def normalized_gate_entropy(w: torch.Tensor) -> torch.Tensor:
-    """H(w) / log E in [0, 1]: 1 is the uniform gate, 0 a gate on one expert. [..., E] -> [...]."""
-    return gate_entropy(w) / math.log(w.shape[-1])
+    """H(w) / log E in [0, 1]: 1 is the uniform gate, 0 a gate on one expert. [..., E] -> [...].
+
+    PLE-1's `ple.layers.normalized_entropy` over the expert axis.
+    """
+    return normalized_entropy(w, dim=-1)
 
 
 def entropy_regularizer(w: torch.Tensor, entropy_lambda: float = DEFAULT_ENTROPY_LAMBDA) -> torch.Tensor:
