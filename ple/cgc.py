@@ -19,7 +19,8 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
 from ple import seed_everything
-from ple.layers import MLP, StackedMLP, check_features, count_parameters
+from ple.layers import MLP, StackedMLP, check_dropout, check_features, count_parameters
+from ple.mmoe import per_task_out_dims
 
 
 def _check_int(value: object, name: str, minimum: int) -> int:
@@ -35,23 +36,6 @@ def _check_dims(dims: Sequence[int], name: str, allow_empty: bool) -> tuple[int,
     for d in dims:
         _check_int(d, f"every entry of {name}", 1)
     return dims
-
-
-def _check_dropout(dropout: float) -> float:
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
-    return float(dropout)
-
-
-def _task_out_dims(task_out_dims: int | Sequence[int], num_tasks: int) -> tuple[int, ...]:
-    if isinstance(task_out_dims, int) and not isinstance(task_out_dims, bool):
-        return (_check_int(task_out_dims, "task_out_dims", 1),) * num_tasks
-    dims = tuple(task_out_dims)
-    if len(dims) != num_tasks:
-        raise ValueError(
-            f"task_out_dims has {len(dims)} entries; expected one per task (num_tasks={num_tasks})"
-        )
-    return _check_dims(dims, "task_out_dims", allow_empty=False)
 
 
 class CGCOutput(NamedTuple):
@@ -122,7 +106,7 @@ class CGC(nn.Module):
                 f"num_shared_experts >= 1, got {num_shared_experts}"
             )
         expert_dims = _check_dims(expert_dims, "expert_dims", allow_empty=False)
-        dropout = _check_dropout(dropout)
+        dropout = check_dropout(dropout)
         self.expert_dim = expert_dims[-1]
         # one bank of stacked experts per group: task 1, ..., task K, shared
         self.task_experts = nn.ModuleList(
@@ -245,7 +229,7 @@ class PLE(nn.Module):
         self.num_levels = _check_int(num_levels, "num_levels", 1)
         expert_dims = _check_dims(expert_dims, "expert_dims", allow_empty=False)
         tower_dims = _check_dims(tower_dims, "tower_dims", allow_empty=True)
-        self.task_out_dims = _task_out_dims(task_out_dims, num_tasks)
+        self.task_out_dims = per_task_out_dims(task_out_dims, num_tasks)
         levels = []
         for level in range(num_levels):
             last = level == num_levels - 1
@@ -356,8 +340,8 @@ class SingleTaskModels(nn.Module):
         self.num_tasks = _check_int(num_tasks, "num_tasks", 1)
         self.hidden_dims = _check_dims(hidden_dims, "hidden_dims", allow_empty=True)
         tower_dims = _check_dims(tower_dims, "tower_dims", allow_empty=True)
-        self.task_out_dims = _task_out_dims(task_out_dims, num_tasks)
-        dropout = _check_dropout(dropout)
+        self.task_out_dims = per_task_out_dims(task_out_dims, num_tasks)
+        dropout = check_dropout(dropout)
         self.nets = nn.ModuleList(
             MLP(input_dim, (*self.hidden_dims, *tower_dims), out_dim=out, dropout=dropout)
             for out in self.task_out_dims

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ple.experts.base import check_tensor
 from ple.layers import normalized_entropy
 from ple.tasks import EXPERT_DIMS, EXPERT_NAMES, get_task
 
@@ -27,18 +28,6 @@ def registry_expert_dims() -> tuple[int, ...]:
     if isinstance(EXPERT_DIMS, Mapping):
         return tuple(int(EXPERT_DIMS[n]) for n in EXPERT_NAMES)
     return tuple(int(d) for d in EXPERT_DIMS)
-
-
-def _check_tensor(x: torch.Tensor, name: str, shape: Sequence[int | None], what: str) -> None:
-    """Raise ValueError unless `x` has `len(shape)` dims matching `shape` (None = any) and is finite."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-    expected = "[" + ", ".join("B" if s is None else str(s) for s in shape) + "]"
-    if x.dim() != len(shape) or any(s is not None and x.shape[i] != s for i, s in enumerate(shape)):
-        raise ValueError(f"{name} has shape {list(x.shape)}; expected {expected} ({what})")
-    if x.is_floating_point() and not torch.isfinite(x).all():
-        bad = "NaN" if torch.isnan(x).any() else "inf"
-        raise ValueError(f"{name} contains {bad}")
 
 
 def dim_normalization_scales(expert_dims: Sequence[int]) -> torch.Tensor:
@@ -174,8 +163,8 @@ class CGCLayer(nn.Module):
     def forward(
         self, h_shared: torch.Tensor, task_experts: torch.Tensor, return_gates: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        _check_tensor(h_shared, "h_shared", [None, self.input_dim], "sum of shared_dims")
-        _check_tensor(
+        check_tensor(h_shared, "h_shared", ["B", self.input_dim], "sum of shared_dims")
+        check_tensor(
             task_experts,
             "task_experts",
             [h_shared.shape[0], self.num_tasks, self.num_task_experts, self.expert_dim],
@@ -263,7 +252,7 @@ class CGCAttention(nn.Module):
     def forward(
         self, h_shared: torch.Tensor, return_gates: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        _check_tensor(h_shared, "h_shared", [None, self.input_dim], "sum of expert_dims")
+        check_tensor(h_shared, "h_shared", ["B", self.input_dim], "sum of expert_dims")
         w = self.gates(h_shared)
         coord_scale = (w * self.scales) @ self.block_matrix.to(w.dtype)  # [B, K, D]: s_i w_{k,i}
         out = coord_scale * h_shared.unsqueeze(1)

@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['check_positive_int', 'check_features', 'count_parameters', 'normalized_entropy', 'MLPBlock', 'MLP', 'StackedLinear', 'StackedMLPBlock', 'StackedMLP']
+__all__ = ['check_positive_int', 'check_dropout', 'check_features', 'count_parameters', 'normalized_entropy', 'MLPBlock', 'MLP', 'StackedLinear', 'StackedMLPBlock', 'StackedMLP']
 
 import math
 from collections.abc import Sequence
@@ -32,7 +32,7 @@ def _check_widths(name: str, values: Sequence[int]) -> tuple[int, ...]:
     return tuple(check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(values))
 
 
-def _check_dropout(dropout: float) -> float:
+def check_dropout(dropout: float) -> float:
     if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
         raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
     return float(dropout)
@@ -92,7 +92,7 @@ class MLPBlock(nn.Sequential):
             nn.Linear(in_dim, out_dim),
             nn.LayerNorm(out_dim),
             nn.SiLU(),
-            nn.Dropout(_check_dropout(dropout)),
+            nn.Dropout(check_dropout(dropout)),
         )
         self.in_features, self.out_features = in_dim, out_dim
 
@@ -170,7 +170,7 @@ class StackedMLPBlock(nn.Module):
         self.linear = StackedLinear(num_members, in_dim, out_dim)
         self.norm_weight = nn.Parameter(torch.ones(num_members, out_dim))
         self.norm_bias = nn.Parameter(torch.zeros(num_members, out_dim))
-        self.dropout = nn.Dropout(_check_dropout(dropout))
+        self.dropout = nn.Dropout(check_dropout(dropout))
         self.eps = 1e-5  # nn.LayerNorm's default
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,7 +204,7 @@ class StackedMLP(nn.Sequential):
         self.num_members = check_positive_int("num_members", num_members)
         self.in_features, self.out_features = in_dim, hidden_dims[-1]
         self.hidden_dims = hidden_dims
-        self.dropout_p = _check_dropout(dropout)
+        self.dropout_p = check_dropout(dropout)
 
     @torch.no_grad()
     def member(self, m: int) -> MLP:

@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['SharedBottom', 'MixtureOfExperts', 'MMoE', 'OMoE', 'fit_regression', 'fit_regression_replicas']
+__all__ = ['per_task_out_dims', 'SharedBottom', 'MixtureOfExperts', 'MMoE', 'OMoE', 'fit_regression', 'fit_regression_replicas']
 
 import copy
 from collections.abc import Sequence
@@ -17,7 +17,7 @@ from torch import nn
 from ple.layers import MLP, StackedMLP, check_features, check_positive_int, normalized_entropy
 
 
-def _task_out_dims(task_out_dims: int | Sequence[int], num_tasks: int) -> tuple[int, ...]:
+def per_task_out_dims(task_out_dims: int | Sequence[int], num_tasks: int) -> tuple[int, ...]:
     """One output width per task from an int (shared by all tasks) or a per-task sequence."""
     if isinstance(task_out_dims, int) and not isinstance(task_out_dims, bool):
         return (check_positive_int("task_out_dims", task_out_dims),) * num_tasks
@@ -48,7 +48,7 @@ class SharedBottom(nn.Module):
         super().__init__()
         self.input_dim = check_positive_int("input_dim", input_dim)
         self.num_tasks = check_positive_int("num_tasks", num_tasks)
-        self.task_out_dims = _task_out_dims(task_out_dims, num_tasks)
+        self.task_out_dims = per_task_out_dims(task_out_dims, num_tasks)
         self.bottom = MLP(input_dim, bottom_dims, dropout=dropout)
         self.towers = nn.ModuleList(
             MLP(self.bottom.out_features, tower_dims, out_k, dropout=dropout)
@@ -96,7 +96,7 @@ class MixtureOfExperts(nn.Module):
         self.num_tasks = check_positive_int("num_tasks", num_tasks)
         self.num_experts = check_positive_int("num_experts", num_experts)
         num_gates = 1 if self.one_gate else num_tasks
-        self.task_out_dims = _task_out_dims(task_out_dims, num_tasks)
+        self.task_out_dims = per_task_out_dims(task_out_dims, num_tasks)
         self.experts = StackedMLP(num_experts, input_dim, expert_dims, dropout=dropout)
         self.gates = nn.ModuleList(
             nn.Linear(input_dim, num_experts, bias=gate_bias) for _ in range(num_gates)
