@@ -71,6 +71,27 @@ def test_export_default_and_named_modules(book):
     assert (book / "ple" / "__init__.py").read_text() == '"""hand-written."""\n'
 
 
+def test_exporti_ships_code_without_making_it_public(book):
+    _write(
+        book,
+        "ch1.ipynb",
+        _nb(
+            [
+                ("code", "#| default_exp a\n"),
+                ("code", "#| export\ndef api():\n    return helper()"),
+                ("code", "#| exporti\ndef helper():\n    return 1\nTABLE = 2"),
+                ("code", "#| exporti b\nINTERNAL = 3"),
+            ]
+        ),
+    )
+    nbtools.export()
+    a = (book / "ple" / "a.py").read_text()
+    assert "__all__ = ['api']" in a
+    assert "def helper():" in a and "TABLE = 2" in a
+    b = (book / "ple" / "b.py").read_text()
+    assert "__all__ = []" in b and "INTERNAL = 3" in b
+
+
 def test_export_is_idempotent_and_removes_stale_modules(book):
     _write(book, "ch1.ipynb", _nb([("code", "#| default_exp a\n"), ("code", "#| export\nX = 1")]))
     nbtools.export()

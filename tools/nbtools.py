@@ -13,6 +13,8 @@ Directives (first lines of a code cell, nbdev style):
   (``ple/data/world.py``); the cell holding it is not exported.
 * ``#| export`` -- the cell (minus directive lines) is appended to the default module.
 * ``#| export gates`` -- the cell goes to ``ple/gates.py`` instead.
+* ``#| exporti`` (or ``#| exporti gates``) -- exported like ``#| export``, but its names stay out
+  of the module's ``__all__``: internal helpers that other modules may import, a user should not.
 
 A module is written by exactly one notebook; two notebooks exporting to one module is an error.
 The training chapter (any notebook whose name starts with ``training``) keeps its outputs.
@@ -73,12 +75,12 @@ def _public_names(code: str) -> list[str]:
     return [n for n in dict.fromkeys(names) if not n.startswith("_")]
 
 
-def collect() -> dict[str, tuple[Path, list[str]]]:
-    """Map module name -> (notebook, exported code blocks)."""
-    modules: dict[str, tuple[Path, list[str]]] = {}
+def collect() -> dict[str, tuple[Path, list[tuple[str, bool]]]]:
+    """Map module name -> (notebook, exported code blocks as (code, public))."""
+    modules: dict[str, tuple[Path, list[tuple[str, bool]]]] = {}
     for nb_path in sorted(BOOK.glob("*.ipynb")):
         default = None
-        blocks: dict[str, list[str]] = {}
+        blocks: dict[str, list[tuple[str, bool]]] = {}
         for cell in _cells(nb_path):
             if cell.get("cell_type") != "code":
                 continue
@@ -88,13 +90,13 @@ def collect() -> dict[str, tuple[Path, list[str]]]:
                     if default is not None:
                         raise SystemExit(f"{nb_path.name}: more than one '#| default_exp'")
                     default = arg
-                elif name == "export":
+                elif name in ("export", "exporti"):
                     target = arg or default
                     if target is None:
                         raise SystemExit(
-                            f"{nb_path.name}: '#| export' before '#| default_exp' names a module"
+                            f"{nb_path.name}: '#| {name}' before '#| default_exp' names a module"
                         )
-                    blocks.setdefault(target, []).append(body)
+                    blocks.setdefault(target, []).append((body, name == "export"))
         for mod, code in blocks.items():
             if mod in modules:
                 raise SystemExit(
@@ -104,10 +106,12 @@ def collect() -> dict[str, tuple[Path, list[str]]]:
     return modules
 
 
-def render(mod: str, nb_path: Path, blocks: list[str]) -> str:
-    body = "\n\n\n".join(blocks)
+def render(mod: str, nb_path: Path, blocks: list[tuple[str, bool]]) -> str:
+    body = "\n\n\n".join(code for code, _ in blocks)
     try:
-        names = _public_names(body)
+        ast.parse(body)
+        public = "\n\n\n".join(code for code, is_public in blocks if is_public)
+        names = _public_names(public)
     except SyntaxError as e:
         raise SystemExit(f"{nb_path.name} -> ple.{mod}: exported code does not parse: {e}") from e
     header = (
