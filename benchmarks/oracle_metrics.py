@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from ple import metrics
 from ple.data import world as W
 
 
@@ -31,14 +32,14 @@ def main() -> None:
     t0 = time.perf_counter()
     pred = W.oracle(world)
     t_oracle = time.perf_counter() - t0
-    metrics = W.evaluate(world.labels, pred)
-    for task, value in metrics.items():
+    scores = metrics.evaluate(world.labels, pred)
+    for task, value in scores.items():
         label = np.asarray(world.labels[task])
         print(json.dumps({
             "benchmark": "oracle_metrics", "profile": args.profile, "n_customers": args.customers,
-            "seed": args.seed, "task": task, "metric": W.metric_name(task),
+            "seed": args.seed, "task": task, "metric": metrics.metric_name(metrics.task_kind(task)),
             "oracle": round(float(value), 4),
-            "chance": round(float(W.chance_metric(task, label)), 4),
+            "chance": round(metrics.task_chance(task, label), 4),
             "generate_s": round(t_gen, 1), "oracle_s": round(t_oracle, 1),
         }))
 

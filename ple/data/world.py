@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['FEATURE_DIM', 'NUM_CATEGORIES', 'NUM_BRANDS', 'BLOCK_SIZE', 'FEATURE_BLOCKS', 'SIGNAL_BLOCKS', 'SEGMENT_DIMS', 'LINEAR_BLOCK', 'STATE_NAMES', 'TXN_CHANNELS', 'SESSION_CHANNELS', 'PROFILES', 'PROFILE_SIZES', 'WorldConfig', 'make_config', 'sample_markov_chain', 'gaussian_state_loglik', 'hmm_filter', 'h0_persistence', 'count_prominent_peaks', 'HMM_INIT', 'HMM_TRANS', 'SIGNAL_INFO', 'SCALAR_RECIPES', 'VECTOR_RECIPES', 'SCORE_TASKS', 'SPENDING_SHARE_WEIGHT', 'NBA_TRANSFER', 'LTV_TRANSFER', 'BRAND_SHARE_WEIGHT', 'BUCKET_MEAN_WEIGHT', 'RATE_TARGETS', 'PILOT_SIZE', 'HIST_BINS', 'OT_SPREAD', 'BALANCE_NOISE', 'signal_tasks', 'WorldParams', 'causal_mechanism', 'interaction_aggregates', 'histogram_probabilities', 'raw_signals', 'segment_posterior', 'regime_loglik', 'regime_posteriors', 'brand_within_category', 'label_distributions', 'make_params', 'CustomerWorld', 'generate', 'load_world', 'observed_signals', 'posteriors', 'oracle', 'METRICS', 'metric_name', 'higher_is_better', 'task_metric', 'chance_metric', 'evaluate', 'tabular_inputs']
+__all__ = ['FEATURE_DIM', 'NUM_CATEGORIES', 'NUM_BRANDS', 'BLOCK_SIZE', 'FEATURE_BLOCKS', 'SIGNAL_BLOCKS', 'SEGMENT_DIMS', 'LINEAR_BLOCK', 'STATE_NAMES', 'TXN_CHANNELS', 'SESSION_CHANNELS', 'PROFILES', 'PROFILE_SIZES', 'WorldConfig', 'make_config', 'sample_markov_chain', 'gaussian_state_loglik', 'hmm_filter', 'h0_persistence', 'count_prominent_peaks', 'HMM_INIT', 'HMM_TRANS', 'SIGNAL_INFO', 'SCALAR_RECIPES', 'VECTOR_RECIPES', 'SCORE_TASKS', 'SPENDING_SHARE_WEIGHT', 'NBA_TRANSFER', 'LTV_TRANSFER', 'BRAND_SHARE_WEIGHT', 'BUCKET_MEAN_WEIGHT', 'RATE_TARGETS', 'PILOT_SIZE', 'HIST_BINS', 'OT_SPREAD', 'BALANCE_NOISE', 'signal_tasks', 'WorldParams', 'causal_mechanism', 'interaction_aggregates', 'histogram_probabilities', 'raw_signals', 'segment_posterior', 'regime_loglik', 'regime_posteriors', 'brand_within_category', 'label_distributions', 'make_params', 'CustomerWorld', 'generate', 'load_world', 'observed_signals', 'posteriors', 'oracle', 'tabular_inputs']
 
 import json
 import math
@@ -1249,55 +1249,6 @@ def oracle(world: CustomerWorld, tasks: tuple[str, ...] | None = None,
         for t in names:
             out[t].append(dist[t].astype(np.float32))
     return {t: np.concatenate(v) for t, v in out.items()}
-
-
-METRICS: dict[str, str] = {"binary": "auc", "multiclass": "accuracy", "regression": "rmse",
-                           "contrastive": "hit@10"}
-
-
-def metric_name(task: str) -> str:
-    """AUC (binary), accuracy (multiclass), RMSE (regression), hit@10 (brand_prediction)."""
-    return METRICS[get_task(task).task_type]
-
-
-def higher_is_better(task: str) -> bool:
-    return metric_name(task) != "rmse"
-
-
-def task_metric(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """The task's metric of predictions `y_pred` (probabilities [N] / [N, C], or values)."""
-    from sklearn.metrics import roc_auc_score
-
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    name = metric_name(task)
-    if name == "auc":
-        return float(roc_auc_score(y_true, y_pred))
-    if name == "accuracy":
-        return float((y_pred.argmax(axis=1) == y_true).mean())
-    if name == "hit@10":
-        top = np.argpartition(-y_pred, 10, axis=1)[:, :10]
-        return float((top == y_true[:, None]).any(axis=1).mean())
-    return float(np.sqrt(((y_pred.astype(np.float64) - y_true) ** 2).mean()))
-
-
-def chance_metric(task: str, y_true: np.ndarray) -> float:
-    """The metric of the best prediction that ignores the inputs (the label marginal of y_true)."""
-    y_true = np.asarray(y_true)
-    name = metric_name(task)
-    if name == "auc":
-        return 0.5
-    if name in ("accuracy", "hit@10"):
-        freq = np.sort(np.bincount(y_true, minlength=get_task(task).num_classes))[::-1] / y_true.size
-        return float(freq[0] if name == "accuracy" else freq[:10].sum())
-    return float(y_true.astype(np.float64).std())
-
-
-def evaluate(labels: dict[str, np.ndarray], predictions: dict[str, np.ndarray],
-             index: np.ndarray | None = None) -> dict[str, float]:
-    """task -> metric of `predictions` against `labels` (on the customers `index`, if given)."""
-    sel = slice(None) if index is None else index
-    return {t: task_metric(t, np.asarray(labels[t])[sel], np.asarray(p)[sel])
-            for t, p in predictions.items()}
 
 
 def tabular_inputs(world: CustomerWorld, graph_dim: int = 16, feature_components: int = 16) -> np.ndarray:
