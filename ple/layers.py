@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['check_positive_int', 'check_dropout', 'check_features', 'count_parameters', 'normalized_entropy', 'MLPBlock', 'MLP', 'StackedLinear', 'StackedMLPBlock', 'StackedMLP']
+__all__ = ['count_parameters', 'normalized_entropy', 'MLPBlock', 'MLP', 'StackedLinear', 'StackedMLPBlock', 'StackedMLP']
 
 import math
 from collections.abc import Sequence
@@ -14,50 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _shape(x: torch.Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in x.shape) + "]"
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """Return `value` if it is a positive int (a width, a count); else ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return value
-
-
-def _check_widths(name: str, values: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(values, (int, str)) or not isinstance(values, Sequence):
-        raise ValueError(f"{name} must be a sequence of positive ints; got {values!r}")
-    return tuple(check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(values))
-
-
-def check_dropout(dropout: float) -> float:
-    if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
-        raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
-    return float(dropout)
-
-
-def check_features(
-    x: torch.Tensor, expected_dim: int, name: str = "features", dim_name: str | None = None
-) -> None:
-    """Raise unless `x` is a finite floating-point tensor of shape [B, expected_dim].
-
-    The message names the argument, the shape received and the shape expected, e.g.
-    ``features has shape [32, 600]; expected [B, 644] (input_dim)`` (the parenthesis is
-    `dim_name`, when given), or ``features contains NaN or inf (3 NaN, 0 inf entries)``.
-    Non-tensors raise TypeError; wrong shapes, integer dtypes and NaN / inf raise ValueError.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-    if x.dim() != 2 or x.shape[1] != expected_dim:
-        suffix = f" ({dim_name})" if dim_name else ""
-        raise ValueError(f"{name} has shape {_shape(x)}; expected [B, {expected_dim}]{suffix}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
-        n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
-        raise ValueError(f"{name} contains NaN or inf ({n_nan} NaN, {n_inf} inf entries)")
+from ple.checks import check_dropout, check_features, check_int, check_widths, shape_str  # noqa: F401 (ple.cgc imports two from here)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
@@ -87,7 +44,7 @@ class MLPBlock(nn.Sequential):
     """
 
     def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
-        in_dim, out_dim = check_positive_int("in_dim", in_dim), check_positive_int("out_dim", out_dim)
+        in_dim, out_dim = check_int("in_dim", in_dim), check_int("out_dim", out_dim)
         super().__init__(
             nn.Linear(in_dim, out_dim),
             nn.LayerNorm(out_dim),
@@ -112,10 +69,10 @@ class MLP(nn.Sequential):
         out_dim: int | None = None,
         dropout: float = 0.0,
     ):
-        in_dim = check_positive_int("in_dim", in_dim)
-        hidden_dims = _check_widths("hidden_dims", hidden_dims)
+        in_dim = check_int("in_dim", in_dim)
+        hidden_dims = check_widths("hidden_dims", hidden_dims)
         if out_dim is not None:
-            out_dim = check_positive_int("out_dim", out_dim)
+            out_dim = check_int("out_dim", out_dim)
         if not hidden_dims and out_dim is None:
             raise ValueError("an MLP needs at least one hidden dim or an out_dim")
         layers: list[nn.Module] = []
@@ -140,9 +97,9 @@ class StackedLinear(nn.Module):
 
     def __init__(self, num_members: int, in_dim: int, out_dim: int):
         super().__init__()
-        self.num_members = check_positive_int("num_members", num_members)
-        self.in_features = check_positive_int("in_dim", in_dim)
-        self.out_features = check_positive_int("out_dim", out_dim)
+        self.num_members = check_int("num_members", num_members)
+        self.in_features = check_int("in_dim", in_dim)
+        self.out_features = check_int("out_dim", out_dim)
         bound = 1.0 / math.sqrt(in_dim)
         self.weight = nn.Parameter(torch.empty(num_members, in_dim, out_dim).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(num_members, out_dim).uniform_(-bound, bound))
@@ -153,7 +110,7 @@ class StackedLinear(nn.Module):
         if x.dim() == 3 and tuple(x.shape[1:]) == (self.num_members, self.in_features):
             return torch.einsum("bmi,mio->bmo", x, self.weight) + self.bias
         raise ValueError(
-            f"x has shape {_shape(x)}; expected [B, {self.in_features}] or "
+            f"x has shape {shape_str(x)}; expected [B, {self.in_features}] or "
             f"[B, {self.num_members}, {self.in_features}] (num_members, in_dim)"
         )
 
@@ -191,7 +148,7 @@ class StackedMLP(nn.Sequential):
     def __init__(
         self, num_members: int, in_dim: int, hidden_dims: Sequence[int], dropout: float = 0.0
     ):
-        hidden_dims = _check_widths("hidden_dims", hidden_dims)
+        hidden_dims = check_widths("hidden_dims", hidden_dims)
         if not hidden_dims:
             raise ValueError("hidden_dims must name at least one layer width")
         widths = (in_dim, *hidden_dims)
@@ -201,7 +158,7 @@ class StackedMLP(nn.Sequential):
                 for i in range(len(hidden_dims))
             )
         )
-        self.num_members = check_positive_int("num_members", num_members)
+        self.num_members = check_int("num_members", num_members)
         self.in_features, self.out_features = in_dim, hidden_dims[-1]
         self.hidden_dims = hidden_dims
         self.dropout_p = check_dropout(dropout)

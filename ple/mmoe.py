@@ -14,19 +14,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from ple.layers import MLP, StackedMLP, check_features, check_positive_int, normalized_entropy
+from ple.checks import check_features, check_int
+from ple.layers import MLP, StackedMLP, normalized_entropy
 
 
 def per_task_out_dims(task_out_dims: int | Sequence[int], num_tasks: int) -> tuple[int, ...]:
     """One output width per task from an int (shared by all tasks) or a per-task sequence."""
     if isinstance(task_out_dims, int) and not isinstance(task_out_dims, bool):
-        return (check_positive_int("task_out_dims", task_out_dims),) * num_tasks
+        return (check_int("task_out_dims", task_out_dims),) * num_tasks
     dims = tuple(task_out_dims)
     if len(dims) != num_tasks:
         raise ValueError(
             f"task_out_dims has {len(dims)} entries; expected one per task (num_tasks={num_tasks})"
         )
-    return tuple(check_positive_int(f"task_out_dims[{k}]", d) for k, d in enumerate(dims))
+    return tuple(check_int(f"task_out_dims[{k}]", d) for k, d in enumerate(dims))
 
 
 class SharedBottom(nn.Module):
@@ -46,8 +47,8 @@ class SharedBottom(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        self.input_dim = check_positive_int("input_dim", input_dim)
-        self.num_tasks = check_positive_int("num_tasks", num_tasks)
+        self.input_dim = check_int("input_dim", input_dim)
+        self.num_tasks = check_int("num_tasks", num_tasks)
         self.task_out_dims = per_task_out_dims(task_out_dims, num_tasks)
         self.bottom = MLP(input_dim, bottom_dims, dropout=dropout)
         self.towers = nn.ModuleList(
@@ -92,9 +93,9 @@ class MixtureOfExperts(nn.Module):
         gate_bias: bool = False,
     ):
         super().__init__()
-        self.input_dim = check_positive_int("input_dim", input_dim)
-        self.num_tasks = check_positive_int("num_tasks", num_tasks)
-        self.num_experts = check_positive_int("num_experts", num_experts)
+        self.input_dim = check_int("input_dim", input_dim)
+        self.num_tasks = check_int("num_tasks", num_tasks)
+        self.num_experts = check_int("num_experts", num_experts)
         num_gates = 1 if self.one_gate else num_tasks
         self.task_out_dims = per_task_out_dims(task_out_dims, num_tasks)
         self.experts = StackedMLP(num_experts, input_dim, expert_dims, dropout=dropout)
@@ -189,9 +190,9 @@ def fit_regression(
     is recorded and `callback(step, model)` is called (eval mode, no grad); so is step 0, before
     any update. Returns {"step": int64 [T], "test_mse": float64 [T, K]}.
     """
-    steps = check_positive_int("steps", steps)
-    batch_size = check_positive_int("batch_size", batch_size)
-    eval_every = check_positive_int("eval_every", eval_every)
+    steps = check_int("steps", steps)
+    batch_size = check_int("batch_size", batch_size)
+    eval_every = check_int("eval_every", eval_every)
     _check_xy(x_train, y_train, "train", 2)
     _check_xy(x_test, y_test, "test", 2)
     generator = torch.Generator().manual_seed(seed)
@@ -247,9 +248,9 @@ def fit_regression_replicas(
     per expert averaged over the test inputs) and "gate_entropy": float64 [T, R, K] (mean
     normalised entropy of the per-input gates, eq-gate-entropy).
     """
-    steps = check_positive_int("steps", steps)
-    batch_size = check_positive_int("batch_size", batch_size)
-    eval_every = check_positive_int("eval_every", eval_every)
+    steps = check_int("steps", steps)
+    batch_size = check_int("batch_size", batch_size)
+    eval_every = check_int("eval_every", eval_every)
     models = list(models)
     if not models or len(models) != x_train.shape[0] or len(models) != x_test.shape[0]:
         raise ValueError(

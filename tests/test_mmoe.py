@@ -54,7 +54,7 @@ def test_task_out_dims_per_task(name):
 def test_bad_task_out_dims(name):
     with pytest.raises(ValueError, match=r"task_out_dims has 2 entries; expected one per task \(num_tasks=3\)"):
         MODELS[name](task_out_dims=(1, 2))
-    with pytest.raises(ValueError, match=r"task_out_dims\[1\] must be a positive int"):
+    with pytest.raises(ValueError, match=r"task_out_dims\[1\] must be an int >= 1"):
         MODELS[name](task_out_dims=(1, 0, 2))
 
 
@@ -127,11 +127,11 @@ def test_one_expert_mmoe_is_a_shared_bottom():
 
 
 def test_constructor_errors():
-    with pytest.raises(ValueError, match="num_experts must be a positive int"):
+    with pytest.raises(ValueError, match="num_experts must be an int >= 1"):
         MMoE(D, K, num_experts=0)
-    with pytest.raises(ValueError, match="input_dim must be a positive int"):
+    with pytest.raises(ValueError, match="input_dim must be an int >= 1"):
         SharedBottom(0, K)
-    with pytest.raises(ValueError, match="num_tasks must be a positive int"):
+    with pytest.raises(ValueError, match="num_tasks must be an int >= 1"):
         OMoE(D, 0)
 
 
@@ -165,7 +165,7 @@ def test_fit_regression_rejects_bad_data():
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="y_test contains NaN or inf"):
         fit_regression(model, x, y, x, bad, steps=1)
-    with pytest.raises(ValueError, match="steps must be a positive int"):
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
         fit_regression(model, x, y, x, y, steps=0)
     with pytest.raises(ValueError, match=r"x has shape \[32, 4\]; expected \[B, 5\]"):
         fit_regression(SharedBottom(5, 2), x, y, x, y, steps=1, batch_size=8)

@@ -12,24 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ple.checks import check_float, check_int
+
 INPUT_DIM = 100  # d
 SCALE = 1.0  # c
 NUM_SIN = 10  # m
 NOISE_STD = 0.01  # std of epsilon
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
-    return int(value)
-
-
-def _check_real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a real number; got {value!r}")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be finite; got {value!r}")
-    return float(value)
 
 
 def orthonormal_pair(input_dim: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -111,19 +99,13 @@ def make_mmoe_synthetic(
     n_samples, changing `correlation` changes w2 and y[:, 1] and nothing else.
     Returns `MMoESynthetic` with x float32 [n_samples, input_dim] and y float32 [n_samples, 2].
     """
-    n_samples = _check_int("n_samples", n_samples, 1)
-    p = _check_real("correlation", correlation)
-    if not -1.0 <= p <= 1.0:
-        raise ValueError(f"correlation must be in [-1, 1]; got {correlation!r}")
-    input_dim = _check_int("input_dim", input_dim, 2)
-    scale = _check_real("scale", scale)
-    if scale <= 0:
-        raise ValueError(f"scale must be > 0; got {scale!r}")
-    num_sin = _check_int("num_sin", num_sin, 0)
-    noise_std = _check_real("noise_std", noise_std)
-    if noise_std < 0:
-        raise ValueError(f"noise_std must be >= 0; got {noise_std!r}")
-    seed = _check_int("seed", seed, 0)
+    n_samples = check_int("n_samples", n_samples, 1)
+    p = check_float("correlation", correlation, -1.0, 1.0)
+    input_dim = check_int("input_dim", input_dim, 2)
+    scale = check_float("scale", scale, 0.0, low_open=True)
+    num_sin = check_int("num_sin", num_sin, 0)
+    noise_std = check_float("noise_std", noise_std, 0.0)
+    seed = check_int("seed", seed, 0)
 
     rng = np.random.default_rng(seed)
     u1, u2 = orthonormal_pair(input_dim, rng)

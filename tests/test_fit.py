@@ -1,0 +1,284 @@
+"""ple.fit: the training engine (masking, aggregation, callbacks, selection, determinism)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ple.checks import ShapeError, TaskError
+from ple.fit import (
+    Callback,
+    History,
+    Task,
+    TensorData,
+    WeightedSum,
+    evaluate,
+    fit,
+    masked_mean,
+    predict,
+)
+from ple.mmoe import MMoE, SharedBottom
+
+D = 6
+TASKS = (Task("reg", "regression"), Task("bin", "binary"))
+
+
+def make_data(n: int = 256, seed: int = 0, mask_rate: float = 0.3) -> TensorData:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D, generator=g)
+    reg = (x[:, :1] * 2 - x[:, 1:2]).clone()
+    binary = (x[:, 2] + 0.3 * torch.randn(n, generator=g) > 0).float()
+    mask = torch.rand(n, generator=g) > mask_rate
+    return TensorData(x, {"reg": reg, "bin": binary}, {"bin": mask})
+
+
+def make_model(seed: int = 0, cls=MMoE) -> nn.Module:
+    torch.manual_seed(seed)
+    return cls(D, 2, num_experts=3, expert_dims=(8,), tower_dims=(4,)) if cls is MMoE else cls(D, 2, (8,), (4,))
+
+
+def params(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_masked_mean_value_and_empty_case():
+    loss = torch.tensor([1.0, 2.0, 3.0, 10.0], requires_grad=True)
+    mask = torch.tensor([True, True, True, False])
+    assert masked_mean(loss, mask).item() == pytest.approx(2.0)
+    assert masked_mean(loss).item() == pytest.approx(4.0)
+    weighted = torch.tensor([1.0, 0.0, 3.0, 0.0])
+    assert masked_mean(loss, weighted).item() == pytest.approx((1 + 9) / 4)
+    nan_loss = torch.tensor([1.0, float("nan")], requires_grad=True)
+    out = masked_mean(nan_loss, torch.tensor([True, False]))
+    out.backward()
+    assert out.item() == 1.0 and torch.equal(nan_loss.grad, torch.tensor([1.0, 0.0]))
+    empty = masked_mean(loss, torch.zeros(4, dtype=torch.bool))
+    empty.backward()
+    assert empty.item() == 0.0
+    with pytest.raises(ShapeError, match=r"mask has shape \[3\]; expected \[4\]"):
+        masked_mean(loss, mask[:3])
+
+
+def test_unlabelled_samples_change_nothing():
+    data = make_data()
+    other = make_data()
+    unlabelled = ~other.masks["bin"]
+    other.targets["bin"] = torch.where(unlabelled, torch.full_like(other.targets["bin"], float("nan")), other.targets["bin"])
+    runs = []
+    for d in (data, other):
+        model = make_model()
+        fit(model, d, tasks=TASKS, epochs=2, batch_size=32, lr=1e-2)
+        runs.append(params(model))
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_all_masked_task_gets_zero_loss_and_no_gradient():
+    data = make_data()
+    data.masks["bin"] = torch.zeros(len(data), dtype=torch.bool)
+    seen = []
+
+    class Grab(Callback):
+        def after_backward(self, state):
+            seen.append(state.losses["bin"].item())
+            for p in state.model.towers[1].parameters():
+                assert p.grad is None or torch.count_nonzero(p.grad) == 0
+
+    model = make_model()
+    before = params(model.towers[1])
+    hist = fit(model, data, tasks=TASKS, epochs=1, batch_size=64, callbacks=[Grab()])
+    assert seen and all(v == 0.0 for v in seen)
+    assert hist.records[0]["train_loss"]["bin"] == 0.0
+    assert torch.equal(before, params(model.towers[1]))
+
+
+def test_deterministic_under_a_seed():
+    out = []
+    for seed in (3, 3, 4):
+        model = make_model()
+        hist = fit(model, make_data(), make_data(128, seed=1), tasks=TASKS, epochs=2, batch_size=32, seed=seed)
+        out.append((params(model), hist.val_metric()))
+    assert torch.equal(out[0][0], out[1][0]) and (out[0][1] == out[1][1]).all()
+    assert not torch.equal(out[0][0], out[2][0])
+
+
+def test_dropout_is_seeded_and_global_rng_restored():
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = SharedBottom(D, 2, (8,), (4,), dropout=0.3)
+        fit(model, make_data(), tasks=TASKS, epochs=1, batch_size=32, seed=1)
+        runs.append(params(model))
+    assert torch.equal(runs[0], runs[1])
+    model = make_model()
+    torch.manual_seed(11)
+    state = torch.random.get_rng_state()
+    fit(model, make_data(), tasks=TASKS, epochs=1, batch_size=32)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_weight_zero_gives_that_task_head_no_gradient():
+    model = make_model()
+    towers = [params(t) for t in model.towers]
+    fit(model, make_data(), tasks=TASKS, epochs=2, batch_size=32, aggregate=WeightedSum({"bin": 0.0}))
+    assert torch.equal(towers[1], params(model.towers[1]))
+    assert not torch.equal(towers[0], params(model.towers[0]))
+
+
+def test_learnt_aggregator_parameters_join_the_optimizer():
+    class LogWeights(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.log_w = nn.Parameter(torch.zeros(2))
+
+        def forward(self, losses, state):
+            return sum(torch.exp(-s) * loss + s for s, loss in zip(self.log_w, losses.values()))
+
+    agg = LogWeights()
+    fit(make_model(), make_data(), tasks=TASKS, epochs=2, batch_size=32, aggregate=agg, lr=1e-2)
+    assert torch.count_nonzero(agg.log_w.detach()) == 2
+
+
+def test_callback_stop_and_gradient_zeroing():
+    class StopAfterTwo(Callback):
+        def on_epoch_end(self, state):
+            state.stop = state.epoch >= 2
+
+    hist = fit(make_model(), make_data(), tasks=TASKS, epochs=10, batch_size=64, callbacks=[StopAfterTwo()])
+    assert len(hist) == 2 and list(hist.epochs) == [1, 2]
+
+    class Freeze(Callback):
+        def after_backward(self, state):
+            for p in state.model.parameters():
+                p.grad = None
+
+    model = make_model()
+    before = params(model)
+    fit(model, make_data(), tasks=TASKS, epochs=2, batch_size=64, callbacks=[Freeze()])
+    assert torch.equal(before, params(model))
+
+
+def test_best_epoch_selection_follows_the_metric():
+    val_scores = iter([0.5, 0.9, 0.7, 0.8])
+    rmse = iter([3.0, 2.0, 1.0, 4.0])
+    tasks = (
+        Task("reg", "regression", metric=lambda y, p: next(rmse), higher_is_better=False),
+        Task("bin", "binary", metric=lambda y, p: next(val_scores)),
+    )
+    hist = fit(make_model(), make_data(), make_data(64, 2), tasks=tasks, epochs=4, batch_size=64,
+               monitor="bin", keep_best=True)
+    assert hist.best_epoch == {"reg": 3, "bin": 2} and hist.best == {"reg": 1.0, "bin": 0.9}
+    assert hist.best_epoch_overall == 2 and hist.best_state is not None
+    assert hist.val_metric().shape == (4, 2) and hist.train_loss().shape == (4, 2)
+
+
+def test_keep_best_restores_the_best_state():
+    calls = iter([0.1, 0.9, 0.2])
+    tasks = (TASKS[0], Task("bin", "binary", metric=lambda y, p: next(calls)))
+    snapshots = []
+
+    class Snap(Callback):
+        def on_epoch_end(self, state):
+            snapshots.append(params(state.model))
+
+    model = make_model()
+    hist = fit(model, make_data(), make_data(64, 2), tasks=tasks, epochs=3, batch_size=64, monitor="bin",
+               keep_best=True, callbacks=[Snap()])
+    assert hist.best_epoch_overall == 2 and torch.equal(params(model), snapshots[1])
+
+
+def test_streamed_batches_equal_tensor_data():
+    data = make_data()
+
+    class Stream:
+        def __init__(self):
+            self.generator = torch.Generator().manual_seed(7)
+
+        def __iter__(self):
+            return data.batches(32, shuffle=True, generator=self.generator)
+
+    a, b = make_model(), make_model()
+    ha = fit(a, data, list(make_data(64, 2).batches(20)), tasks=TASKS, epochs=2, batch_size=32, seed=7)
+    hb = fit(b, Stream(), make_data(64, 2), tasks=TASKS, epochs=2, batch_size=32, seed=7)
+    assert torch.equal(params(a), params(b))
+    assert ha.val_metric() == pytest.approx(hb.val_metric(), rel=1e-6)  # batched eval: rounding only
+
+
+def test_engine_step_equals_a_hand_written_step_float64():
+    data = make_data(64)
+    model = make_model().double()
+    ref = make_model().double()
+    d64 = TensorData(data.inputs[0].double(), {k: v.double() for k, v in data.targets.items()}, data.masks)
+    fit(model, d64, tasks=TASKS, epochs=1, batch_size=64, lr=1e-2, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    x, reg, binary, mask = d64.inputs[0], d64.targets["reg"], d64.targets["bin"], d64.masks["bin"]
+    out = ref(x)
+    loss = ((out[0] - reg) ** 2).mean() + nn.functional.binary_cross_entropy_with_logits(out[1][mask, 0], binary[mask])
+    loss.backward()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p -= 0.1 * p.grad
+    assert torch.allclose(params(model), params(ref), atol=1e-12, rtol=0)
+
+
+def test_predict_and_evaluate():
+    model = make_model()
+    data = make_data()
+    out = predict(model, data.inputs[0], tasks=TASKS)
+    assert set(out) == {"reg", "bin"} and out["reg"].shape == (256, 1)
+    assert set(predict(model, data)) == {"0", "1"}
+    scores = evaluate(model, data, TASKS)
+    assert 0.0 <= scores["bin"] <= 1.0 and scores["reg"] > 0
+    keep = data.masks["bin"]
+    p = torch.sigmoid(out["bin"][keep, 0])
+    from sklearn.metrics import roc_auc_score
+
+    assert scores["bin"] == pytest.approx(roc_auc_score(data.targets["bin"][keep].numpy(), p.numpy()))
+    assert scores["reg"] == pytest.approx(math.sqrt(((out["reg"] - data.targets["reg"]) ** 2).mean().item()), rel=1e-5)
+
+
+def test_errors_name_the_problem():
+    data = make_data()
+    bad = TensorData(data.inputs, {**data.targets, "ctr": data.targets["bin"]})
+    with pytest.raises(TaskError, match=r"targets has unknown tasks \['ctr'\]"):
+        fit(make_model(), bad, tasks=TASKS, epochs=1)
+    with pytest.raises(TaskError, match=r"targets has no entry for tasks \['bin'\]"):
+        fit(make_model(), TensorData(data.inputs, {"reg": data.targets["reg"]}), tasks=TASKS, epochs=1)
+    wrong = TensorData(data.inputs, {"reg": data.targets["reg"][:, 0].repeat(2, 1).T, "bin": data.targets["bin"]})
+    with pytest.raises(ShapeError, match=r"prediction has shape \[32, 1\] and target \[32, 2\]"):
+        fit(make_model(), wrong, tasks=TASKS, epochs=1, batch_size=32)
+    with pytest.raises(ShapeError, match=r"targets\['reg'\] has 10 rows; expected 256"):
+        TensorData(data.inputs, {"reg": data.targets["reg"][:10]})
+    with pytest.raises(TaskError, match="the model returned 2 outputs; expected one per task"):
+        fit(make_model(), TensorData(data.inputs, {"reg": data.targets["reg"]}), tasks=TASKS[:1], epochs=1)
+    with pytest.raises(ValueError, match="epochs must be an int >= 1; got 2.5"):
+        fit(make_model(), data, tasks=TASKS, epochs=2.5)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Task("x", "ranking")
+    with pytest.raises(TaskError, match="contrastive task has no default loss"):
+        Task("x", "contrastive")
+    nan = TensorData(data.inputs[0].clone(), data.targets, data.masks)
+    nan.inputs[0][3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"train inputs\[0\] contains NaN or inf \(1 NaN"):
+        fit(make_model(), nan, tasks=TASKS, epochs=1)
+
+
+def test_history_is_plottable():
+    hist = fit(make_model(), make_data(), make_data(64, 2), tasks=TASKS, epochs=3, batch_size=64)
+    assert isinstance(hist, History) and hist.tasks == ("reg", "bin")
+    assert hist.train_loss().shape == hist.val_loss().shape == hist.val_metric().shape == (3, 2)
+    assert hist.seconds().shape == (3,) and (hist.seconds() > 0).all()
+    assert hist.train_loss()[-1, 0] < hist.train_loss()[0, 0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_and_metrics():
+    data = make_data().to("cuda")
+    model = make_model().cuda()
+    hist = fit(model, data, data, tasks=TASKS, epochs=2, batch_size=64)
+    assert hist.records[-1]["val_metric"]["bin"] > 0.5
+    scores = evaluate(model, data, TASKS)
+    cpu = evaluate(model.cpu(), make_data(), TASKS)
+    assert scores["bin"] == pytest.approx(cpu["bin"], abs=1e-6)
+    assert all(v.device.type == "cpu" for v in predict(model.cuda(), data, tasks=TASKS).values())
