@@ -27,11 +27,12 @@ NBVAL_IGNORE := $(if $(wildcard $(TRAIN)),--ignore=$(TRAIN),)
 .PHONY: help venv export book test lint sync-check unit nbval train-ci train bench bench-full book-noexec mathjax clean
 
 help:
-	@echo "make book   - create .venv, install, export ple, execute every chapter, render _build/html"
+	@echo "make book   - create .venv, install, export ple, execute the chapters (cached), render _build/html"
 	@echo "make test   - create .venv, install, run the whole suite (lint, sync, unit, nbval, papermill, book)"
 	@echo "make export - regenerate ple/ from the chapters"
 	@echo "make train  - run the training chapter through papermill (PROFILE=full, GPU when present)"
 	@echo "make bench  - run the benchmark scripts at 2-core sizes (JSON lines on stdout); bench-full: full size"
+	@echo "PyTorch's build: TORCH=... (default $(TORCH)), TORCH_INDEX=URL (pip --index-url); README.md"
 
 venv: $(STAMP)
 
