@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logsumexp
 
 from ple.tasks import ACTIVE_TASK_NAMES, EXPERT_NAMES, HMM_MODES, TASK_NAMES, get_task
 
@@ -191,34 +192,39 @@ def gaussian_state_loglik(x: np.ndarray, means: np.ndarray, steps_per_state: int
     return -0.5 * (sq - 2.0 * cross + mm) - 0.5 * steps_per_state * d * math.log(2 * math.pi)
 
 
-def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
-    m = a.max(axis=axis, keepdims=True)
-    return (np.log(np.exp(a - m).sum(axis=axis, keepdims=True)) + m).squeeze(axis)
-
-
-def hmm_filter(loglik: np.ndarray, init: np.ndarray, trans: np.ndarray,
+def hmm_filter(loglik: np.ndarray, init: np.ndarray, trans: np.ndarray, *,
                return_all: bool = False) -> np.ndarray:
-    """Forward filtering in log space (eq-world-forward), vectorised over customers.
+    """Forward filtering of a hidden Markov chain in log space (eq-world-forward), vectorised
+    over sequences.
 
-    loglik [N, T, K] = log p(x_t | z_t = k); init [K]; trans [K, K].
-    log a_0 = log pi + l_0,  log a_t = logsumexp_j(log a_{t-1, j} + log A_{jk}) + l_{t, k},
-    normalised at every step. Returns P(z_T | x_{1..T}) [N, K], or with `return_all` every
-    filtered P(z_t | x_{1..t}) [N, T, K].
+    loglik [N, T, K] = log p(x_t | z_t = k), init [K] = P(z_1 = k), trans [K, K] =
+    P(z_t = k | z_{t-1} = j) (rows sum to 1; zeros allowed):
+    log a_1 = log pi + l_1,  log a_t = logsumexp_j(log a_{t-1, j} + log A_{jk}) + l_{t, k},
+    normalised at every step. Returns P(z_T = k | x_{1..T}) [N, K], or with `return_all` every
+    filtered P(z_t = k | x_{1..t}) [N, T, K]; float64.
     """
+    loglik = np.asarray(loglik, dtype=np.float64)
+    init, trans = np.asarray(init, dtype=np.float64), np.asarray(trans, dtype=np.float64)
+    if loglik.ndim != 3 or loglik.shape[1] < 1:
+        raise ValueError(f"loglik has shape {list(loglik.shape)}; expected [N, T, K] with T >= 1")
+    k = loglik.shape[2]
+    if init.shape != (k,) or trans.shape != (k, k):
+        raise ValueError(f"init has shape {list(init.shape)} and trans {list(trans.shape)}; "
+                         f"expected [{k}] and [{k}, {k}] (K = loglik.shape[2])")
     with np.errstate(divide="ignore"):
         log_init, log_trans = np.log(init), np.log(trans)
     la = log_init[None, :] + loglik[:, 0, :]
-    la = la - _logsumexp(la, 1)[:, None]
+    la = la - logsumexp(la, axis=1, keepdims=True)
     out = [la] if return_all else None
     for t in range(1, loglik.shape[1]):
-        la = _logsumexp(la[:, :, None] + log_trans[None, :, :], 1) + loglik[:, t, :]
-        la = la - _logsumexp(la, 1)[:, None]
+        la = logsumexp(la[:, :, None] + log_trans[None, :, :], axis=1) + loglik[:, t, :]
+        la = la - logsumexp(la, axis=1, keepdims=True)
         if return_all:
             out.append(la)
     return np.exp(np.stack(out, axis=1)) if return_all else np.exp(la)
 
 
-def h0_persistence(series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def h0_persistence(series: np.ndarray, *, sublevel: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """0-dimensional persistence of the superlevel-set filtration of each row of `series` [N, T].
 
     Sweeping the level down from +inf, a component is born at a local maximum and dies when it
@@ -226,13 +232,18 @@ def h0_persistence(series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     global maximum dies at the series' minimum. Vectorised over rows: components of a 1-D series
     are intervals, so we keep each interval's other end and birth value at its two ends.
     Returns (births, deaths), float64 [N, T], NaN where a row has fewer than T pairs, sorted by
-    persistence (birth - death) in decreasing order.
+    persistence |birth - death| in decreasing order (ties in series order). With `sublevel` the
+    filtration sweeps up from -inf instead: births at local minima, deaths at the merging level,
+    the essential pair (global minimum, global maximum) -- the superlevel pairs of -series, negated.
     """
     x = np.asarray(series, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"series has shape {list(x.shape)}; expected [N, T]")
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise ValueError(f"series has shape {list(x.shape)}; expected [N, T] with T >= 1")
     if not np.isfinite(x).all():
         raise ValueError("series contains NaN or inf")
+    if sublevel:
+        births, deaths = h0_persistence(-x)
+        return -births, -deaths
     n, t = x.shape
     rows = np.arange(n)
     order = np.argsort(-x, axis=1, kind="stable")
@@ -419,7 +430,7 @@ class WorldParams:
     merchant_category: np.ndarray  # [M]
     merchant_subcategory: np.ndarray
     merchant_brand: np.ndarray
-    merchant_community: np.ndarray  # latent: never part of the observed inputs
+    merchant_community: np.ndarray  # not an input: shows only through co-visits; the oracle reads it
     cell_merchants: np.ndarray     # merchant ids sorted by (community, category) cell
     cell_start: np.ndarray         # [C * 12]
     cell_count: np.ndarray
@@ -1212,8 +1223,8 @@ def _chunk_inputs(world: CustomerWorld, start: int, stop: int) -> dict:
 
 
 def observed_signals(world: CustomerWorld, chunk_size: int = 8192) -> dict[str, np.ndarray]:
-    """The seven standardised signals recomputed from the observed inputs alone (PersLay's by
-    H0 persistence of the balance series): equal to `world.signals`."""
+    """The seven standardised signals recomputed from the observed inputs and the world's
+    parameters (PersLay's by H0 persistence of the balance series): equal to `world.signals`."""
     out = {e: [] for e in EXPERT_NAMES}
     for start in range(0, world.n_customers, chunk_size):
         stop = min(start + chunk_size, world.n_customers)
@@ -1235,9 +1246,11 @@ def posteriors(world: CustomerWorld, start: int = 0, stop: int | None = None) ->
 
 def oracle(world: CustomerWorld, tasks: tuple[str, ...] | None = None,
            chunk_size: int = 8192) -> dict[str, np.ndarray]:
-    """Bayes-optimal predictions from the observed inputs (eq-world-oracle) for the active tasks
-    (or `tasks`): binary -> P(y = 1) [N]; multiclass and brand_prediction -> probabilities
-    [N, C]; regression -> posterior mean [N]. float32."""
+    """Bayes-optimal predictions from the observed inputs and the world's true parameters
+    `world.params` (eq-world-oracle) for the active tasks (or `tasks`): binary -> P(y = 1) [N];
+    multiclass and brand_prediction -> probabilities [N, C]; regression -> posterior mean [N].
+    float32. The parameters include the merchant -> community map behind the LightGCN signal,
+    which no input states (a graph model must infer it from co-visits)."""
     names = ACTIVE_TASK_NAMES if tasks is None else tuple(tasks)
     for t in names:
         get_task(t)
