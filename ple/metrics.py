@@ -7,11 +7,12 @@ from __future__ import annotations
 
 __all__ = ['METRICS', 'metric_name', 'higher_is_better', 'metric', 'chance', 'oracle_gap', 'task_kind', 'task_metric', 'task_chance', 'evaluate']
 
-import sys
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 
+from ple.checks import InputTypeError, NonFiniteError, ShapeError, TaskError, check_choice, check_int
 from ple.tasks import get_task
 
 # The metric of each task kind (eq-metrics): AUC, accuracy, RMSE, hit@k (k = 10 by default).
@@ -20,15 +21,11 @@ METRICS: dict[str, str] = {"binary": "auc", "multiclass": "accuracy", "regressio
 
 
 def _check_kind(kind: str) -> str:
-    if kind not in METRICS:
-        raise ValueError(f"kind is {kind!r}; expected one of {tuple(METRICS)}")
-    return kind
+    return check_choice("kind", kind, tuple(METRICS))
 
 
 def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k is {k!r}; expected an int >= 1")
-    return int(k)
+    return check_int("k", k, 1)
 
 
 def metric_name(kind: str, *, k: int = 10) -> str:
@@ -44,22 +41,21 @@ def higher_is_better(kind: str) -> bool:
 
 def _as_numpy(x, name: str) -> np.ndarray:
     """numpy view of `x` (numpy, list, or a torch tensor on any device, detached, moved to CPU)."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
+    if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         if x.is_floating_point() and x.dtype not in (torch.float32, torch.float64):
             x = x.float()                       # bf16 / fp16 have no numpy dtype
         return x.numpy()
     x = np.asarray(x)
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise ValueError(f"{name} has dtype {x.dtype}; expected numbers")
+        raise InputTypeError(f"{name} has dtype {x.dtype}; expected numbers")
     return x
 
 
 def _labels(y: np.ndarray, name: str, num_classes: int | None) -> np.ndarray:
     """Integer class labels [N] in [0, num_classes) (num_classes None: any label >= 0)."""
     if y.ndim != 1:
-        raise ValueError(f"{name} has shape {list(y.shape)}; expected class indices [N]")
+        raise ShapeError(f"{name} has shape {list(y.shape)}; expected class indices [N]")
     if not np.isfinite(y).all() or (y != np.round(y)).any():
         raise ValueError(f"{name} holds non-integer values; expected class indices [N]")
     y = y.astype(np.int64)
@@ -75,7 +71,7 @@ def _binary_labels(y: np.ndarray, name: str) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise ValueError(f"{name} has shape {list(y.shape)}; expected binary labels [N]")
+        raise ShapeError(f"{name} has shape {list(y.shape)}; expected binary labels [N]")
     if not np.isin(y, (0, 1)).all():
         raise ValueError(f"{name} holds values other than 0 and 1; expected binary labels [N]")
     return y.astype(np.int64)
@@ -83,10 +79,22 @@ def _binary_labels(y: np.ndarray, name: str) -> np.ndarray:
 
 def _finite(x: np.ndarray, name: str) -> np.ndarray:
     if x.size == 0:
-        raise ValueError(f"{name} is empty; expected at least one sample")
+        raise ShapeError(f"{name} is empty; expected at least one sample")
     if not np.isfinite(x).all():
-        raise ValueError(f"{name} holds {int((~np.isfinite(x)).sum())} NaN or inf value(s)")
+        raise NonFiniteError(f"{name} holds {int((~np.isfinite(x)).sum())} NaN or inf value(s)")
     return x
+
+
+def _hit_at_k(y: np.ndarray, scores: np.ndarray, k: int, chunk: int = 1 << 16) -> float:
+    """hit@k of eq-metrics: per row min(1, max(0, (k - g) / (e + 1))), g the classes scoring
+    above the true one, e the others tied with it (ties broken at random, in expectation)."""
+    total = 0.0
+    for a in range(0, len(y), chunk):                  # bounded memory: [chunk, C] at a time
+        s, t = scores[a:a + chunk], y[a:a + chunk]
+        true = np.take_along_axis(s, t[:, None], axis=1)
+        above, tied = (s > true).sum(axis=1), (s == true).sum(axis=1) - 1
+        total += np.clip((k - above) / (tied + 1.0), 0.0, 1.0).sum()
+    return float(total / len(y))
 
 
 def metric(kind: str, y_true, y_pred, *, k: int = 10) -> float:
@@ -96,54 +104,52 @@ def metric(kind: str, y_true, y_pred, *, k: int = 10) -> float:
       or logits: only their order matters).
     - "multiclass": accuracy of the arg-max class (sklearn); y_true int [N] in [0, C),
       y_pred scores [N, C].
-    - "contrastive": hit@k, the share of rows whose true class is among the k highest scores
-      (sklearn's top_k_accuracy_score); y_true int [N] in [0, C), y_pred scores [N, C].
+    - "contrastive": hit@k, the share of rows whose true class is among the k highest scores,
+      ties broken at random in expectation (without ties, sklearn's top_k_accuracy_score; a
+      constant prediction scores k / C); y_true int [N] in [0, C), y_pred scores [N, C].
     - "regression": RMSE over every entry; y_pred of the shape of y_true ([N] or [N, D]; [N, 1]
       against [N] is accepted).
 
-    Inputs may be numpy arrays or torch tensors on any device. ValueError names the argument
-    for a wrong shape or length, a label out of range, a non-finite value, or a binary y_true
-    with one class only (AUC is undefined).
+    Inputs may be numpy arrays or torch tensors on any device. Errors name the argument:
+    ShapeError for a wrong shape, length or number of classes, NonFiniteError for NaN or inf,
+    InputTypeError for non-numbers, HyperparameterError for an unknown kind or a bad k, and
+    ValueError for a label out of range or a binary y_true with one class only (AUC undefined).
     """
-    from sklearn.metrics import accuracy_score, roc_auc_score, top_k_accuracy_score
+    from sklearn.metrics import accuracy_score, roc_auc_score
 
     _check_kind(kind)
     k = _check_k(k)
     yt = _finite(_as_numpy(y_true, "y_true"), "y_true")
-    yp = _finite(_as_numpy(y_pred, "y_pred"), "y_pred").astype(np.float64, copy=False)
+    yp = _finite(_as_numpy(y_pred, "y_pred"), "y_pred")
     if yp.shape[0] != yt.shape[0]:
-        raise ValueError(f"y_pred has {yp.shape[0]} rows and y_true {yt.shape[0]}; expected "
+        raise ShapeError(f"y_pred has {yp.shape[0]} rows and y_true {yt.shape[0]}; expected "
                          "one prediction per label")
     if kind == "binary":
         yt = _binary_labels(yt, "y_true")
         if yp.ndim == 2 and yp.shape[1] == 1:
             yp = yp[:, 0]
         if yp.ndim != 1:
-            raise ValueError(f"y_pred has shape {list(yp.shape)}; expected scores [N] or [N, 1] "
+            raise ShapeError(f"y_pred has shape {list(yp.shape)}; expected scores [N] or [N, 1] "
                              "for a binary task")
         if yt.min() == yt.max():
             raise ValueError(f"y_true holds only the class {int(yt[0])}; AUC needs both classes")
         return float(roc_auc_score(yt, yp))
     if kind == "regression":
-        yt = yt.astype(np.float64, copy=False)
+        yt, yp = yt.astype(np.float64, copy=False), yp.astype(np.float64, copy=False)
         if yp.shape != yt.shape and yp.shape == (*yt.shape, 1):
             yp = yp[..., 0]
         if yp.shape != yt.shape:
-            raise ValueError(f"y_pred has shape {list(yp.shape)}; expected the shape of y_true "
+            raise ShapeError(f"y_pred has shape {list(yp.shape)}; expected the shape of y_true "
                              f"{list(yt.shape)} for a regression task")
         return float(np.sqrt(np.mean((yp - yt) ** 2)))
     if yp.ndim != 2:
-        raise ValueError(f"y_pred has shape {list(yp.shape)}; expected class scores [N, C] "
+        raise ShapeError(f"y_pred has shape {list(yp.shape)}; expected class scores [N, C] "
                          f"for a {kind} task")
     n_classes = yp.shape[1]
     yt = _labels(yt, "y_true", n_classes)
     if kind == "multiclass":
         return float(accuracy_score(yt, yp.argmax(axis=1)))
-    if k >= n_classes:
-        return 1.0
-    if n_classes == 2:                          # sklearn reads two columns as a binary problem
-        return float(accuracy_score(yt, yp.argmax(axis=1)))
-    return float(top_k_accuracy_score(yt, yp, k=k, labels=np.arange(n_classes)))
+    return _hit_at_k(yt, yp, k)
 
 
 def chance(kind: str, y_true, num_classes: int | None = None, *, k: int = 10) -> float:
@@ -162,10 +168,8 @@ def chance(kind: str, y_true, num_classes: int | None = None, *, k: int = 10) ->
     if kind == "regression":
         y = y.astype(np.float64)
         return float(np.sqrt(np.mean((y - y.mean(axis=0)) ** 2)))
-    if num_classes is not None and (isinstance(num_classes, bool)
-                                    or not isinstance(num_classes, (int, np.integer))
-                                    or num_classes < 1):
-        raise ValueError(f"num_classes is {num_classes!r}; expected an int >= 1 or None")
+    if num_classes is not None:
+        num_classes = check_int("num_classes", num_classes, 1)
     y = _labels(y, "y_true", num_classes)
     freq = np.sort(np.bincount(y))[::-1] / y.size
     return float(freq[0] if kind == "multiclass" else freq[:k].sum())
@@ -202,7 +206,7 @@ def task_metric(task: str, y_true, y_pred, *, k: int = 10) -> float:
     if spec.task_type in ("multiclass", "contrastive"):
         shape = tuple(getattr(y_pred, "shape", np.shape(y_pred)))
         if len(shape) != 2 or shape[1] != spec.num_classes:
-            raise ValueError(f"y_pred has shape {list(shape)}; expected [N, {spec.num_classes}] "
+            raise ShapeError(f"y_pred has shape {list(shape)}; expected [N, {spec.num_classes}] "
                              f"({spec.num_classes} classes of task {task!r})")
     return metric(spec.task_type, y_true, y_pred, k=k)
 
@@ -219,7 +223,7 @@ def evaluate(labels: Mapping[str, object], predictions: Mapping[str, object],
     `predictions` (on the rows `index`, if given: an index array, a boolean mask or a slice)."""
     missing = sorted(set(predictions) - set(labels))
     if missing:
-        raise ValueError(f"predictions has task(s) {missing} that labels lacks")
+        raise TaskError(f"predictions has task(s) {missing} that labels lacks")
     sel = slice(None) if index is None else index
     return {t: task_metric(t, _as_numpy(labels[t], f"labels[{t!r}]")[sel],
                            _as_numpy(p, f"predictions[{t!r}]")[sel])

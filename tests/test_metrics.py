@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import accuracy_score, mean_squared_error, roc_auc_score, top_k_accuracy_score
 
 from ple import metrics as M
+from ple.checks import HyperparameterError, InputTypeError, NonFiniteError, ShapeError, TaskError
 from ple.tasks import ACTIVE_TASK_NAMES, get_task
 
 RNG = np.random.default_rng(0)
@@ -53,6 +54,10 @@ def test_hand_computed_cases():
     assert M.metric("regression", [0.0, 0.0], [3.0, 4.0]) == pytest.approx(np.sqrt(12.5))
     assert M.metric("regression", np.zeros((2, 3)), np.ones((2, 3))) == 1.0     # [N, D] outputs
     assert M.metric("contrastive", [0, 1], np.eye(3)[[2, 2]], k=3) == 1.0    # k >= C: every hit
+    # ties broken at random, in expectation: a constant score hits k / C
+    assert M.metric("contrastive", Y_CLS, np.zeros((N, C)), k=3) == pytest.approx(3 / C)
+    assert M.metric("contrastive", [0], [[1.0, 1.0, 0.0, 2.0]], k=2) == 0.5   # 1 above, 1 tied
+    assert M.metric("contrastive", [0], [[1.0, 1.0, 1.0, 2.0]], k=2) == pytest.approx(1 / 3)
 
 
 def test_hit_at_k_loop_and_binary_column_shapes():
@@ -121,27 +126,29 @@ def test_task_api_and_evaluate():
         assert M.task_kind(t) == get_task(t).task_type
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: M.metric("ranking", Y_BIN, S_BIN), r"kind is 'ranking'; expected one of"),
-    (lambda: M.metric("binary", Y_BIN, S_BIN[:-1]), r"y_pred has 199 rows and y_true 200"),
-    (lambda: M.metric("binary", Y_BIN, np.stack([S_BIN, S_BIN], 1)), r"y_pred has shape \[200, 2\]"),
-    (lambda: M.metric("binary", Y_BIN + 1, S_BIN), "values other than 0 and 1"),
-    (lambda: M.metric("binary", np.ones(4), np.arange(4.0)), "only the class 1; AUC needs both"),
-    (lambda: M.metric("binary", Y_BIN, np.where(Y_BIN, np.nan, 0.0)), "NaN or inf"),
-    (lambda: M.metric("multiclass", Y_CLS, S_CLS[:, :5]), r"label 11; expected labels in \[0, 5\)"),
-    (lambda: M.metric("multiclass", Y_CLS + 0.5, S_CLS), "non-integer"),
-    (lambda: M.metric("multiclass", Y_CLS, S_CLS[:, 0]), r"expected class scores \[N, C\]"),
-    (lambda: M.metric("contrastive", Y_CLS, S_CLS, k=0), "k is 0; expected an int >= 1"),
-    (lambda: M.metric("regression", Y_REG, np.zeros((N, 2))), r"expected the shape of y_true \[200\]"),
-    (lambda: M.metric("regression", [], []), "y_true is empty"),
-    (lambda: M.task_metric("nba", Y_CLS, np.zeros((N, 8))), r"expected \[N, 12\] \(12 classes of task 'nba'\)"),
-    (lambda: M.task_metric("clicks", Y_BIN, S_BIN), "unknown task 'clicks'"),
-    (lambda: M.chance("multiclass", Y_CLS, 5), r"label 11; expected labels in \[0, 5\)"),
-    (lambda: M.task_chance("nba", np.array([-1, 2])), "label -1"),
-    (lambda: M.chance("multiclass", Y_CLS, 0), "num_classes is 0"),
-    (lambda: M.evaluate({"ctr": Y_BIN}, {"cvr": S_BIN}), r"task\(s\) \['cvr'\] that labels lacks"),
-    (lambda: M.metric("binary", np.array(["a", "b"]), [0.1, 0.2]), "dtype <U1; expected numbers"),
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: M.metric("ranking", Y_BIN, S_BIN), HyperparameterError,
+     r"kind must be one of 'binary', 'multiclass', 'regression', 'contrastive'; got 'ranking'"),
+    (lambda: M.metric("binary", Y_BIN, S_BIN[:-1]), ShapeError, r"y_pred has 199 rows and y_true 200"),
+    (lambda: M.metric("binary", Y_BIN, np.stack([S_BIN, S_BIN], 1)), ShapeError, r"y_pred has shape \[200, 2\]"),
+    (lambda: M.metric("binary", Y_BIN + 1, S_BIN), ValueError, "values other than 0 and 1"),
+    (lambda: M.metric("binary", np.ones(4), np.arange(4.0)), ValueError, "only the class 1; AUC needs both"),
+    (lambda: M.metric("binary", Y_BIN, np.where(Y_BIN, np.nan, 0.0)), NonFiniteError, "y_pred holds .* NaN or inf"),
+    (lambda: M.metric("multiclass", Y_CLS, S_CLS[:, :5]), ValueError, r"label 11; expected labels in \[0, 5\)"),
+    (lambda: M.metric("multiclass", Y_CLS + 0.5, S_CLS), ValueError, "non-integer"),
+    (lambda: M.metric("multiclass", Y_CLS, S_CLS[:, 0]), ShapeError, r"expected class scores \[N, C\]"),
+    (lambda: M.metric("contrastive", Y_CLS, S_CLS, k=0), HyperparameterError, "k must be an int >= 1; got 0"),
+    (lambda: M.metric("regression", Y_REG, np.zeros((N, 2))), ShapeError, r"expected the shape of y_true \[200\]"),
+    (lambda: M.metric("regression", [], []), ShapeError, "y_true is empty"),
+    (lambda: M.task_metric("nba", Y_CLS, np.zeros((N, 8))), ShapeError,
+     r"expected \[N, 12\] \(12 classes of task 'nba'\)"),
+    (lambda: M.task_metric("clicks", Y_BIN, S_BIN), ValueError, "unknown task 'clicks'"),
+    (lambda: M.chance("multiclass", Y_CLS, 5), ValueError, r"label 11; expected labels in \[0, 5\)"),
+    (lambda: M.task_chance("nba", np.array([-1, 2])), ValueError, "label -1"),
+    (lambda: M.chance("multiclass", Y_CLS, 0), HyperparameterError, "num_classes must be an int >= 1; got 0"),
+    (lambda: M.evaluate({"ctr": Y_BIN}, {"cvr": S_BIN}), TaskError, r"task\(s\) \['cvr'\] that labels lacks"),
+    (lambda: M.metric("binary", np.array(["a", "b"]), [0.1, 0.2]), InputTypeError, "dtype <U1; expected numbers"),
 ])
-def test_bad_inputs(call, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_inputs(call, exc, match):
+    with pytest.raises(exc, match=match):
         call()

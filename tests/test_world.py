@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ple.checks import HyperparameterError
 from ple.data import world as W
 from ple.metrics import oracle_gap, task_chance, task_kind, task_metric
 from ple.tasks import ACTIVE_TASK_NAMES, EXPERT_NAMES, HMM_MODES, TASK_NAMES, get_task
@@ -184,6 +185,53 @@ def test_h0_persistence_small_case():
         W.h0_persistence(np.array([[0.0, np.nan]]))
 
 
+def _h0_pairs_loop(f):
+    """Superlevel H0 (birth, death) pairs by plain union-find; on equal peaks the later-born dies."""
+    parent, peak, born, pairs = {}, {}, {}, []
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for rank, i in enumerate(sorted(range(len(f)), key=lambda i: (-f[i], i))):
+        parent[i], peak[i], born[i] = i, f[i], rank
+        for j in (i - 1, i + 1):
+            if j in parent:
+                a, b = find(i), find(j)
+                if a != b:
+                    young, old = sorted((a, b), key=lambda r: (peak[r], -born[r]))
+                    if young != i:
+                        pairs.append((peak[young], f[i]))
+                    parent[young] = old
+    pairs.append((max(f), min(f)))
+    return sorted(pairs)
+
+
+@pytest.mark.parametrize("sublevel", [False, True])
+def test_h0_persistence_pairs_match_union_find(sublevel):
+    rng = np.random.default_rng(1)
+    series = np.concatenate([rng.normal(size=(40, 30)), rng.integers(0, 3, (40, 30)).astype(float)])
+    b, d = W.h0_persistence(series, sublevel=sublevel)
+    sign = -1.0 if sublevel else 1.0
+    for i, f in enumerate(series):
+        n = int((~np.isnan(b[i])).sum())
+        assert np.isnan(d[i, n:]).all()
+        pers = sign * (b[i, :n] - d[i, :n])
+        assert (pers >= 0).all() and (np.diff(pers) <= 0).all()       # sorted by persistence
+        got = sorted(zip(sign * b[i, :n], sign * d[i, :n]))
+        assert got == _h0_pairs_loop(list(sign * f)), i
+
+
+def test_hmm_filter_bad_shapes():
+    with pytest.raises(ValueError, match=r"loglik has shape \[3, 4\]; expected \[N, T, K\]"):
+        W.hmm_filter(np.zeros((3, 4)), np.ones(4) / 4, np.eye(4))
+    with pytest.raises(ValueError, match=r"init has shape \[3\] and trans \[4, 4\]; expected \[4\]"):
+        W.hmm_filter(np.zeros((2, 5, 4)), np.ones(3) / 3, np.eye(4))
+    p = W.hmm_filter(np.zeros((2, 5, 4)), np.ones(4) / 4, np.eye(4), return_all=True)
+    np.testing.assert_allclose(p, 0.25)
+
+
 def test_streaming_and_load(tmp_path):
     out = tmp_path / "w"
     s = W.generate(1100, seed=7, out_dir=str(out), chunk_size=1024)
@@ -211,7 +259,13 @@ def test_streaming_and_load(tmp_path):
     ({"n_customers": 10, "task_correlation": 1.5}, "task_correlation must be in"),
     ({"n_customers": 10, "signal_strength": -1.0}, "signal_strength and segment_decision_shift"),
     ({"n_customers": 10, "chunk_size": 0}, "chunk_size must be an int >= 1"),
+    ({"n_customers": 10, "n_segments": 0}, "n_segments must be an int >= 1; got 0"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         W.generate(**kwargs)
+
+
+def test_count_arguments_raise_hyperparameter_error():
+    with pytest.raises(HyperparameterError, match="n_customers must be an int >= 1; got True"):
+        W.generate(True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import logsumexp
 
+from ple.checks import check_int
 from ple.tasks import ACTIVE_TASK_NAMES, EXPERT_NAMES, HMM_MODES, TASK_NAMES, get_task
 
 FEATURE_DIM: int = 644
@@ -133,9 +134,7 @@ def make_config(profile: str = "ci", **overrides) -> WorldConfig:
     for name in ("t_txn", "t_sess", "t_balance", "n_months", "n_merchants", "n_hist_txn",
                  "n_segments", "segment_rank", "n_communities", "subcategories_per_category",
                  "perslay_max_peaks"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive int; got {v!r}")
+        check_int(name, getattr(cfg, name), 1)
     if cfg.t_txn % cfg.n_months:
         raise ValueError(f"t_txn={cfg.t_txn} is not a multiple of n_months={cfg.n_months}: "
                          "each month must cover the same number of transaction steps")
@@ -1085,12 +1084,6 @@ def _label_spec(task: str, n: int) -> tuple[tuple[int, ...], type]:
     return ((n, spec.output_dim) if spec.output_dim > 1 else (n,)), np.float32
 
 
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
-    return int(value)
-
-
 def _trim(sim: dict, n: int) -> dict:
     """The first n customers of a simulated chunk (interactions are sorted by customer)."""
     if n == sim["n"]:
@@ -1114,9 +1107,9 @@ def generate(n_customers: int, seed: int = 0, profile: str = "ci", *, out_dir: s
     seed. With `out_dir` every array is streamed to `out_dir/<name>.npy` and returned as a memmap
     (`load_world(out_dir)` opens it again). `overrides` are WorldConfig fields.
     """
-    n = _check_count("n_customers", n_customers, 1)
-    seed = _check_count("seed", seed, 0)
-    chunk = _check_count("chunk_size", chunk_size, 1)
+    n = check_int("n_customers", n_customers, 1)
+    seed = check_int("seed", seed, 0)
+    chunk = check_int("chunk_size", chunk_size, 1)
     chunk = -(-chunk // BLOCK_SIZE) * BLOCK_SIZE
     cfg = make_config(profile, **overrides)
     prm = make_params(cfg, seed)
