@@ -164,3 +164,17 @@ def test_chapter_map_marks_exactly_the_chapters_of_the_toc_as_available():
     )
     for name in available:
         assert (ROOT / "book" / f"{name}.ipynb").exists() or (ROOT / "book" / f"{name}.md").exists()
+
+
+def test_chapter_map_names_only_modules_that_exist_for_available_chapters():
+    text = (ROOT / "book" / "index.md").read_text(encoding="utf-8")
+    section = text.split("## Chapter map", 1)[1].split("\n## ", 1)[0]
+    for row in section.splitlines():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if len(cells) < 4 or cells[1] != "available":
+            continue
+        for mod in re.findall(r"`(ple(?:\.\w+)*)`", cells[3]):
+            path = ROOT.joinpath(*mod.split("."))
+            assert path.with_suffix(".py").exists() or (path / "__init__.py").exists(), (
+                f"book/index.md's chapter map names {mod} for {cells[0]}, but there is no such module"
+            )
