@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['FEATURE_DIM', 'NUM_CATEGORIES', 'NUM_BRANDS', 'BLOCK_SIZE', 'FEATURE_BLOCKS', 'SIGNAL_BLOCKS', 'SEGMENT_DIMS', 'LINEAR_BLOCK', 'STATE_NAMES', 'TXN_CHANNELS', 'SESSION_CHANNELS', 'PROFILES', 'PROFILE_SIZES', 'WorldConfig', 'make_config', 'sample_markov_chain', 'gaussian_state_loglik', 'hmm_filter', 'h0_persistence', 'count_prominent_peaks', 'HMM_INIT', 'HMM_TRANS', 'SIGNAL_INFO', 'SCALAR_RECIPES', 'VECTOR_RECIPES', 'SCORE_TASKS', 'SPENDING_SHARE_WEIGHT', 'NBA_TRANSFER', 'LTV_TRANSFER', 'BRAND_SHARE_WEIGHT', 'BUCKET_MEAN_WEIGHT', 'RATE_TARGETS', 'PILOT_SIZE', 'HIST_BINS', 'OT_SPREAD', 'BALANCE_NOISE', 'signal_tasks', 'WorldParams', 'causal_mechanism', 'interaction_aggregates', 'histogram_probabilities', 'raw_signals', 'segment_posterior', 'regime_loglik', 'regime_posteriors', 'brand_within_category', 'label_distributions', 'make_params', 'CustomerWorld', 'generate', 'load_world', 'observed_signals', 'posteriors', 'oracle', 'tabular_inputs']
+__all__ = ['FEATURE_DIM', 'NUM_CATEGORIES', 'NUM_BRANDS', 'BLOCK_SIZE', 'FEATURE_BLOCKS', 'SIGNAL_BLOCKS', 'SEGMENT_DIMS', 'LINEAR_BLOCK', 'STATE_NAMES', 'TXN_CHANNELS', 'SESSION_CHANNELS', 'PROFILES', 'PROFILE_SIZES', 'WorldConfig', 'make_config', 'sample_markov_chain', 'gaussian_state_loglik', 'hmm_filter', 'h0_persistence', 'count_prominent_peaks', 'HMM_INIT', 'HMM_TRANS', 'SIGNAL_INFO', 'signal_tasks', 'WorldParams', 'causal_mechanism', 'interaction_aggregates', 'histogram_probabilities', 'raw_signals', 'segment_posterior', 'regime_loglik', 'regime_posteriors', 'brand_within_category', 'label_distributions', 'make_params', 'CustomerWorld', 'generate', 'load_world', 'observed_signals', 'posteriors', 'oracle', 'tabular_inputs']
 
 import json
 import math
@@ -334,6 +334,8 @@ SIGNAL_INFO: dict[str, tuple[str, str]] = {
                           "every shape has the same mean"),
 }
 
+
+# The recipes of the scores and the generator's constants (internal: the chapter documents them).
 # Scalar scores: (HMM mode, group, linear coefficient, {signal: coefficient}, effect of the
 # final regime state, noise sd or None). "conversion" is P(convert | click) (CVR = CTR x it),
 # "lapse" is P(lapse | no churn) (retention = no churn and no lapse).
