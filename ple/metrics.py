@@ -44,7 +44,7 @@ def _as_numpy(x, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         if x.is_floating_point() and x.dtype not in (torch.float32, torch.float64):
-            x = x.float()                       # bf16 / fp16 have no numpy dtype
+            x = x.float()                       # bf16 has no numpy dtype; fp16 is too coarse
         return x.numpy()
     x = np.asarray(x)
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
