@@ -5,8 +5,10 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['Task', 'binary_loss', 'multiclass_loss', 'regression_loss', 'masked_mean', 'Batch', 'TensorData', 'Callback', 'FitState', 'WeightedSum', 'History', 'fit', 'predict', 'evaluate']
+__all__ = ['Task', 'binary_loss', 'multiclass_loss', 'regression_loss', 'masked_mean', 'Batch', 'TensorData', 'Callback', 'FitState', 'WeightedSum', 'History', 'fit', 'predict', 'evaluate', 'replica_name', 'Replicas']
 
+import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ple import checks
+from ple import checks, metrics
 from ple.checks import HyperparameterError, ShapeError, TaskError, check_choice, check_float, check_int
 from ple.tasks import TASK_TYPES
 
@@ -85,14 +87,14 @@ class Task:
         """The task's metric on CPU tensors (labelled samples only)."""
         if self.metric is not None:
             return float(self.metric(y_true, y_pred))
-        return float(_metrics().metric(self.kind, y_true, y_pred))
+        return float(metrics.metric(self.kind, y_true, y_pred))
 
     @property
     def larger_is_better(self) -> bool:
         """Whether a larger metric value is better (for best-epoch selection)."""
         if self.higher_is_better is not None:
             return bool(self.higher_is_better)
-        return True if self.metric is not None else bool(_metrics().higher_is_better(self.kind))
+        return True if self.metric is not None else metrics.higher_is_better(self.kind)
 
 
 def _paired(pred: torch.Tensor, target: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,36 +368,6 @@ class History:
         return np.array([r["seconds"] for r in self.records], dtype=np.float64)
 
 
-def _metrics():
-    """ple.metrics (chapter 00), imported when first needed."""
-    try:
-        from ple import metrics
-    except ImportError:  # until chapter 00 exports ple.metrics
-        return _FallbackMetrics
-    return metrics
-
-
-class _FallbackMetrics:
-    @staticmethod
-    def metric(kind, y_true, y_pred, *, k=10):
-        from sklearn.metrics import roc_auc_score
-
-        y_true = torch.as_tensor(y_true).detach().cpu().double()
-        y_pred = torch.as_tensor(y_pred).detach().cpu().double()
-        if kind == "binary":
-            return float(roc_auc_score(y_true.reshape(-1).numpy(), y_pred.reshape(-1).numpy()))
-        if kind == "multiclass":
-            return float((y_pred.argmax(-1) == y_true.long()).double().mean())
-        if kind == "regression":
-            return float((y_pred.reshape(y_true.shape) - y_true).square().mean().sqrt())
-        top = y_pred.topk(min(k, y_pred.shape[-1]), dim=-1).indices
-        return float((top == y_true.long().reshape(-1, 1)).any(-1).double().mean())
-
-    @staticmethod
-    def higher_is_better(kind):
-        return kind != "regression"
-
-
 def _outputs_by_task(out: Any, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """A model's output as {task: tensor}: a mapping (keys = task names), a list / tuple aligned
     with `names`, or one tensor for a single task."""
@@ -628,6 +600,7 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     best_score = math.inf
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -643,7 +616,7 @@ def fit(
             for cb in callbacks:
                 cb.on_epoch_start(state)
             model.train()
-            total = torch.zeros(len(tasks) + 1, device=device)
+            total = torch.zeros(len(tasks) + 1, dtype=acc_dtype, device=device)
             n_batches = 0
             for batch in _as_batches(train, batch_size, shuffle=True, generator=generator):
                 if not isinstance(train, TensorData):
@@ -774,3 +747,77 @@ def evaluate(
     _check_data(data, names, "data")
     device = torch.device(device) if device is not None else _model_device(model)
     return _validate(model, data, tasks, check_int("batch_size", batch_size, 1), device, returns_aux)[1]
+
+
+def replica_name(task: str, r: int) -> str:
+    """The name of task `task` of replica `r` in a `Replicas` model: ``"task@r"``."""
+    return f"{task}@{r}"
+
+
+class Replicas(nn.Module):
+    """R models of one architecture trained as one model: parameters stacked, one `vmap`.
+
+    A small model spends most of a step on per-operation overhead; R seeds or R data sets of it
+    run almost as fast as one when their parameters are stacked along a new leading axis
+    (`torch.func.stack_module_state`) and one `torch.func.vmap` evaluates all of them.
+    models: R modules of identical structure (no buffers updated in training: no BatchNorm);
+    task_names: the names of the models' K outputs (in order, for a list output).
+    forward(*inputs), every input [B, R, ...] (replica r reads inputs[:, r]) ->
+    {replica_name(task, r): [B, ...]}: R x K tasks for `fit` (`expand(tasks)`). Their losses add
+    up, so each replica's gradient is its own; Adam is elementwise, so one optimizer over the
+    stacked parameters is R independent ones. `call(*inputs, **kwargs)` returns the models' raw
+    output structure with the replica axis at dim 1 (e.g. gates with ``return_gates=True``).
+    `unstack()` copies the trained parameters back into the R models.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], task_names: Sequence[str]):
+        super().__init__()
+        self.models = list(models)  # a plain list: not submodules, their parameters stay out
+        if not self.models:
+            raise HyperparameterError("models is empty; expected at least one model")
+        kinds = {type(m) for m in self.models}
+        if len(kinds) != 1:
+            raise HyperparameterError(f"models must share one architecture; got {sorted(k.__name__ for k in kinds)}")
+        self.task_names = tuple(task_names)
+        params, buffers = torch.func.stack_module_state(self.models)
+        self._names = list(params)
+        self.stacked = nn.ParameterList(nn.Parameter(params[k].detach()) for k in self._names)
+        self._buffers_stacked = buffers
+        self._base = [copy.deepcopy(self.models[0]).to("meta")]  # structure only, outside the module tree
+
+    @property
+    def num_replicas(self) -> int:
+        """R."""
+        return len(self.models)
+
+    def expand(self, tasks: Sequence[Task]) -> tuple[Task, ...]:
+        """Each task once per replica, renamed `replica_name(task.name, r)`, replica-major."""
+        return tuple(dataclasses.replace(t, name=replica_name(t.name, r)) for r in range(self.num_replicas) for t in tasks)
+
+    def call(self, *inputs: torch.Tensor, **kwargs: Any) -> Any:
+        """The models' outputs, every tensor [B, R, ...]; kwargs go to every model's forward."""
+        base = self._base[0]
+        base.train(self.training)
+        params = dict(zip(self._names, self.stacked))
+
+        def one(p, b, *xs):
+            with checks.validation(False):  # data-dependent checks cannot run under vmap
+                return torch.func.functional_call(base, (p, b), xs, kwargs)
+
+        in_dims = (0, 0, *([1] * len(inputs)))
+        return torch.func.vmap(one, in_dims=in_dims, out_dims=1, randomness="different")(
+            params, self._buffers_stacked, *inputs
+        )
+
+    def forward(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = _outputs_by_task(self.call(*inputs), self.task_names)
+        return {replica_name(t, r): out[t][:, r] for r in range(self.num_replicas) for t in self.task_names}
+
+    @torch.no_grad()
+    def unstack(self) -> list[nn.Module]:
+        """Copy the trained parameters back into the R models and return them."""
+        stacked = dict(zip(self._names, self.stacked))
+        for r, model in enumerate(self.models):
+            for name, p in model.named_parameters():
+                p.copy_(stacked[name][r])
+        return self.models

@@ -14,7 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ple.checks import check_dropout, check_features, check_int, check_widths, shape_str  # noqa: F401 (ple.cgc imports two from here)
+from ple.checks import (  # noqa: F401 (ple.cgc imports check_dropout and check_features from here)
+    HyperparameterError,
+    ShapeError,
+    check_dropout,
+    check_features,
+    check_int,
+    check_widths,
+    shape_str,
+)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
@@ -74,7 +82,7 @@ class MLP(nn.Sequential):
         if out_dim is not None:
             out_dim = check_int("out_dim", out_dim)
         if not hidden_dims and out_dim is None:
-            raise ValueError("an MLP needs at least one hidden dim or an out_dim")
+            raise HyperparameterError("an MLP needs at least one hidden dim or an out_dim")
         layers: list[nn.Module] = []
         width = in_dim
         for hidden in hidden_dims:
@@ -109,7 +117,7 @@ class StackedLinear(nn.Module):
             return torch.einsum("bi,mio->bmo", x, self.weight) + self.bias
         if x.dim() == 3 and tuple(x.shape[1:]) == (self.num_members, self.in_features):
             return torch.einsum("bmi,mio->bmo", x, self.weight) + self.bias
-        raise ValueError(
+        raise ShapeError(
             f"x has shape {shape_str(x)}; expected [B, {self.in_features}] or "
             f"[B, {self.num_members}, {self.in_features}] (num_members, in_dim)"
         )
@@ -150,7 +158,7 @@ class StackedMLP(nn.Sequential):
     ):
         hidden_dims = check_widths("hidden_dims", hidden_dims)
         if not hidden_dims:
-            raise ValueError("hidden_dims must name at least one layer width")
+            raise HyperparameterError("hidden_dims must name at least one layer width")
         widths = (in_dim, *hidden_dims)
         super().__init__(
             *(
@@ -167,7 +175,7 @@ class StackedMLP(nn.Sequential):
     def member(self, m: int) -> MLP:
         """Member `m` as a stand-alone `MLP` (a copy, on the same device and dtype)."""
         if not 0 <= m < self.num_members:
-            raise ValueError(f"m must be in [0, {self.num_members}); got {m}")
+            raise HyperparameterError(f"m must be in [0, {self.num_members}); got {m}")
         mlp = MLP(self.in_features, self.hidden_dims, dropout=self.dropout_p)
         first = self[0].linear.weight
         mlp = mlp.to(device=first.device, dtype=first.dtype)

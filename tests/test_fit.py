@@ -12,6 +12,7 @@ from ple.checks import ShapeError, TaskError
 from ple.fit import (
     Callback,
     History,
+    Replicas,
     Task,
     TensorData,
     WeightedSum,
@@ -19,6 +20,7 @@ from ple.fit import (
     fit,
     masked_mean,
     predict,
+    replica_name,
 )
 from ple.mmoe import MMoE, SharedBottom
 
@@ -282,3 +284,42 @@ def test_cuda_training_and_metrics():
     cpu = evaluate(model.cpu(), make_data(), TASKS)
     assert scores["bin"] == pytest.approx(cpu["bin"], abs=1e-6)
     assert all(v.device.type == "cpu" for v in predict(model.cuda(), data, tasks=TASKS).values())
+
+
+@pytest.mark.parametrize("cls", [SharedBottom, MMoE])
+def test_replicas_follow_separate_runs_step_for_step(cls):
+    """R replicas trained as one `Replicas` model equal R separate fit runs (float64)."""
+    R, N = 3, 96
+    x = torch.randn(R, N, D, dtype=torch.float64)
+    y = torch.randn(R, N, 2, dtype=torch.float64)
+    tasks = (Task("a", "regression"), Task("b", "regression"))
+    alone = [make_model(r, cls).double() for r in range(R)]
+    together = [make_model(r, cls).double() for r in range(R)]
+    hists = [fit(m, TensorData(x[r, :64], {"a": y[r, :64, :1], "b": y[r, :64, 1:]}),
+                 TensorData(x[r, 64:], {"a": y[r, 64:, :1], "b": y[r, 64:, 1:]}),
+                 tasks=tasks, epochs=3, batch_size=16, lr=1e-2, seed=4) for r, m in enumerate(alone)]
+    stacked = Replicas(together, ["a", "b"])
+    assert len(list(stacked.parameters())) == len(list(together[0].parameters()))
+
+    def data(rows):
+        return TensorData(x[:, rows].transpose(0, 1),
+                          {replica_name(t, r): y[r, rows, k : k + 1] for r in range(R) for k, t in enumerate("ab")})
+
+    hist = fit(stacked, data(slice(0, 64)), data(slice(64, None)), tasks=stacked.expand(tasks), epochs=3,
+               batch_size=16, lr=1e-2, seed=4)
+    stacked.unstack()
+    for r in range(R):
+        for a, b in zip(alone[r].parameters(), together[r].parameters()):
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+        cols = [hist.tasks.index(replica_name(t, r)) for t in "ab"]
+        assert hist.val_metric()[:, cols] == pytest.approx(hists[r].val_metric(), rel=1e-9)
+    if cls is MMoE:
+        _, gates = stacked.call(x[:, 64:].transpose(0, 1), return_gates=True)
+        assert gates.shape == (32, R, 2, 3)
+
+
+def test_replicas_reject_mixed_models():
+    with pytest.raises(ValueError, match="models must share one architecture"):
+        Replicas([make_model(0), make_model(0, SharedBottom)], ["a", "b"])
+    with pytest.raises(ValueError, match="models is empty"):
+        Replicas([], ["a"])

@@ -1,16 +1,13 @@
-"""ple.mmoe: Shared-Bottom, MMoE and OMoE — shapes, gates, errors, gradients, the trainer."""
+"""ple.mmoe: Shared-Bottom, MMoE and OMoE — shapes, gates, errors, gradients."""
 
 from __future__ import annotations
 
-import copy
-
-import numpy as np
 import pytest
 import torch
 
 from ple import seed_everything
 from ple.layers import MLP, count_parameters
-from ple.mmoe import MMoE, OMoE, SharedBottom, fit_regression, fit_regression_replicas
+from ple.mmoe import MMoE, OMoE, SharedBottom
 
 D, K, E, B = 12, 3, 4, 16
 MODELS = {
@@ -141,74 +138,3 @@ def test_parameter_counts_add_up():
     gates = 2 * E * D  # no gate bias by default
     towers = 2 * ((8 * 4 + 4 + 2 * 4) + 4 + 1)
     assert count_parameters(model) == experts + gates + towers
-
-
-def test_fit_regression_learns_and_records():
-    x = torch.randn(256, 4)
-    y = torch.stack([x[:, 0], x[:, 1] - x[:, 2]], dim=1)
-    model = MMoE(4, 2, num_experts=2, expert_dims=(8,), tower_dims=(4,))
-    seen = []
-    hist = fit_regression(model, x, y, x, y, steps=50, lr=1e-2, batch_size=64, eval_every=20,
-                          callback=lambda step, m: seen.append((step, m.training)))
-    assert hist["step"].tolist() == [0, 20, 40, 50] and [s for s, _ in seen] == [0, 20, 40, 50]
-    assert not any(training for _, training in seen)  # callbacks see eval mode
-    assert hist["test_mse"].shape == (4, 2) and np.isfinite(hist["test_mse"]).all()
-    assert hist["test_mse"][-1].sum() < hist["test_mse"][0].sum()
-
-
-def test_fit_regression_rejects_bad_data():
-    x, y = torch.randn(32, 4), torch.randn(32, 2)
-    model = SharedBottom(4, 2, bottom_dims=(8,), tower_dims=(4,))
-    with pytest.raises(ValueError, match=r"y_train \[32\]; expected \[N, D\] and \[N, K\]"):
-        fit_regression(model, x, y[:, 0], x, y, steps=1)
-    bad = y.clone()
-    bad[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="y_test contains NaN or inf"):
-        fit_regression(model, x, y, x, bad, steps=1)
-    with pytest.raises(ValueError, match="steps must be an int >= 1"):
-        fit_regression(model, x, y, x, y, steps=0)
-    with pytest.raises(ValueError, match=r"x has shape \[32, 4\]; expected \[B, 5\]"):
-        fit_regression(SharedBottom(5, 2), x, y, x, y, steps=1, batch_size=8)
-
-
-def test_fit_regression_is_reproducible_by_seed():
-    x = torch.randn(128, 4)
-    y = torch.stack([x[:, 0], x[:, 1]], dim=1)
-    runs = []
-    for _ in range(2):
-        seed_everything(3)
-        model = SharedBottom(4, 2, bottom_dims=(8,), tower_dims=(4,))
-        runs.append(fit_regression(model, x, y, x, y, steps=20, batch_size=32, seed=5, eval_every=10))
-    assert np.array_equal(runs[0]["test_mse"], runs[1]["test_mse"])
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_replicas_follow_fit_regression_step_for_step(name):
-    """Training R replicas under vmap equals training each one alone (float64)."""
-    R, N = 3, 96
-    models = [MODELS[name]().double() for _ in range(R)]
-    alone = [copy.deepcopy(m) for m in models]
-    x = torch.randn(R, N, D, dtype=torch.float64)
-    y = torch.randn(R, N, K, dtype=torch.float64)
-    kw = dict(steps=15, lr=1e-2, batch_size=16, seed=4, eval_every=5)
-    hist = fit_regression_replicas(models, x[:, :64], y[:, :64], x[:, 64:], y[:, 64:],
-                                   record_gates=name != "shared_bottom", **kw)
-    assert hist["test_mse"].shape == (4, R, K) and hist["step"].tolist() == [0, 5, 10, 15]
-    for r in range(R):
-        ref = fit_regression(alone[r], x[r, :64], y[r, :64], x[r, 64:], y[r, 64:], **kw)
-        assert np.allclose(hist["test_mse"][:, r], ref["test_mse"], rtol=1e-10, atol=1e-12)
-        for (pname, a), b in zip(models[r].named_parameters(), alone[r].parameters()):
-            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), pname  # weights copied back
-    if name != "shared_bottom":
-        assert hist["gate_mean"].shape == (4, R, K, E) and hist["gate_entropy"].shape == (4, R, K)
-        assert np.allclose(hist["gate_mean"].sum(-1), 1.0)
-        assert ((hist["gate_entropy"] >= 0) & (hist["gate_entropy"] <= 1 + 1e-12)).all()
-
-
-def test_replicas_reject_mismatched_inputs():
-    models = [MODELS["mmoe"]() for _ in range(2)]
-    x, y = torch.randn(2, 20, D), torch.randn(2, 20, K)
-    with pytest.raises(ValueError, match="got 2 models for 3 training"):
-        fit_regression_replicas(models, torch.randn(3, 20, D), torch.randn(3, 20, K), x, y, steps=1)
-    with pytest.raises(ValueError, match=r"x_test rows has shape \[40, 11\]; expected \[B, 12\]"):
-        fit_regression_replicas(models, x, y, torch.randn(2, 20, D - 1), y, steps=1)
