@@ -323,3 +323,49 @@ def test_replicas_reject_mixed_models():
         Replicas([make_model(0), make_model(0, SharedBottom)], ["a", "b"])
     with pytest.raises(ValueError, match="models is empty"):
         Replicas([], ["a"])
+
+
+def test_scheduler_factory_clipping_and_progress():
+    lrs = []
+
+    class LR(Callback):
+        def on_epoch_end(self, state):
+            lrs.append(state.optimizer.param_groups[0]["lr"])
+
+    fit(make_model(), make_data(), tasks=TASKS, epochs=3, batch_size=64, lr=0.1, progress=True,
+        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5), callbacks=[LR()])
+    assert lrs == pytest.approx([0.05, 0.025, 0.0125])
+
+    norms = []
+
+    class Norm(Callback):
+        def on_step_end(self, state):
+            norms.append(float(torch.cat([p.grad.reshape(-1) for p in state.model.parameters()
+                                          if p.grad is not None]).norm()))
+
+    fit(make_model(), make_data(), tasks=TASKS, epochs=1, batch_size=64, grad_clip=1e-3, callbacks=[Norm()])
+    assert max(norms) <= 1e-3 * (1 + 1e-4)
+
+
+def test_aux_output_is_added_to_the_loss_and_autocast_runs():
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = make_model()
+
+        def forward(self, x):
+            out = self.body(x)
+            return out, 10.0 * sum(p.square().sum() for p in self.body.gates.parameters())
+
+    totals = []
+
+    class Grab(Callback):
+        def on_step_end(self, state):
+            totals.append((state.loss.item(), sum(v.item() for v in state.losses.values()), state.aux.item()))
+
+    model = WithAux()
+    fit(model, make_data(), tasks=TASKS, epochs=1, batch_size=64, returns_aux=True, callbacks=[Grab()])
+    assert all(t == pytest.approx(s + a, rel=1e-6) for t, s, a in totals)
+    assert set(predict(model, make_data(), tasks=TASKS, returns_aux=True)) == {"reg", "bin"}
+    hist = fit(make_model(), make_data(), tasks=TASKS, epochs=1, batch_size=64, autocast=torch.bfloat16)
+    assert math.isfinite(hist.records[0]["train_total"])
