@@ -767,7 +767,8 @@ class Replicas(nn.Module):
     up, so each replica's gradient is its own; Adam is elementwise, so one optimizer over the
     stacked parameters is R independent ones. `call(*inputs, **kwargs)` returns the models' raw
     output structure with the replica axis at dim 1 (e.g. gates with ``return_gates=True``).
-    `unstack()` copies the trained parameters back into the R models.
+    `unstack()` copies the trained parameters back into the R models. Build it from models that
+    are already on the training device (the stacked buffers, if any, stay where they were made).
     """
 
     def __init__(self, models: Sequence[nn.Module], task_names: Sequence[str]):
