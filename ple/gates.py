@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['DEFAULT_ENTROPY_LAMBDA', 'DEFAULT_BIAS_HIGH', 'DEFAULT_BIAS_LOW', 'registry_expert_dims', 'dim_normalization_scales', 'domain_prior_mask', 'domain_prior_bias', 'gate_entropy', 'normalized_gate_entropy', 'entropy_regularizer', 'CGCLayer', 'CGCAttention', 'TwoStageOutput', 'TwoStageCGC']
+__all__ = ['DEFAULT_ENTROPY_LAMBDA', 'DEFAULT_BIAS_HIGH', 'DEFAULT_BIAS_LOW', 'registry_expert_dims', 'dim_normalization_scales', 'domain_prior_mask', 'domain_prior_bias', 'entropy_regularizer', 'CGCLayer', 'CGCAttention', 'TwoStageOutput', 'TwoStageCGC']
 
 import math
 from collections.abc import Mapping, Sequence
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ple.experts.base import check_tensor
+from ple.checks import HyperparameterError, ShapeError, check_float, check_int, check_tensor, check_widths
 from ple.layers import normalized_entropy
 from ple.tasks import EXPERT_DIMS, EXPERT_NAMES, get_task
 
@@ -36,9 +36,9 @@ def dim_normalization_scales(expert_dims: Sequence[int]) -> torch.Tensor:
     With 7 experts of widths (64, 64, 128, 64, 64, 64, 64): d_bar = 512/7 = 73.14, so the
     128-wide block is scaled by 0.756 and the 64-wide ones by 1.069. Returns float32 [E].
     """
-    dims = [int(d) for d in expert_dims]
-    if not dims or any(d <= 0 for d in dims):
-        raise ValueError(f"expert_dims must be positive ints; got {list(expert_dims)}")
+    dims = check_widths("expert_dims", expert_dims)
+    if not dims:
+        raise HyperparameterError("expert_dims is empty; expected one width per expert")
     d_bar = sum(dims) / len(dims)
     return torch.tensor([math.sqrt(d_bar / d) for d in dims], dtype=torch.float32)
 
@@ -49,14 +49,14 @@ def domain_prior_mask(
     """Bool [K, E]: True where expert e is one of task k's `domain_experts` in `ple.tasks`.
 
     Unknown task names raise ValueError (from `ple.tasks.get_task`); a domain expert that is not in
-    `expert_names` raises ValueError naming it.
+    `expert_names` raises HyperparameterError naming it.
     """
     index = {name: i for i, name in enumerate(expert_names)}
     mask = torch.zeros(len(task_names), len(expert_names), dtype=torch.bool)
     for k, task in enumerate(task_names):
         for expert in get_task(task).domain_experts:
             if expert not in index:
-                raise ValueError(
+                raise HyperparameterError(
                     f"task {task!r} names domain expert {expert!r}, not one of {list(expert_names)}"
                 )
             mask[k, index[expert]] = True
@@ -73,39 +73,28 @@ def domain_prior_bias(
     prior_mask: bool [K, E]. Returns float32 [K, E]. With the gate weights at 0 the first softmax is
     w_{k,i} = e^{b_{k,i}} / sum_j e^{b_{k,j}}: e^2 = 7.4 times more weight on a domain expert.
     """
-    if prior_mask.dim() != 2 or prior_mask.dtype != torch.bool:
-        raise ValueError(
-            f"prior_mask has shape {list(prior_mask.shape)} and dtype {prior_mask.dtype}; "
-            "expected a bool [K, E] (num_tasks, num_experts)"
-        )
+    bias_high, bias_low = check_float("bias_high", bias_high), check_float("bias_low", bias_low)
+    if not isinstance(prior_mask, torch.Tensor) or prior_mask.dim() != 2 or prior_mask.dtype != torch.bool:
+        got = f"shape {list(prior_mask.shape)} and dtype {prior_mask.dtype}" if isinstance(
+            prior_mask, torch.Tensor) else type(prior_mask).__name__
+        raise ShapeError(f"prior_mask has {got}; expected a bool [K, E] (num_tasks, num_experts)")
     return torch.where(prior_mask, bias_high, bias_low).to(torch.float32)
-
-
-def gate_entropy(w: torch.Tensor) -> torch.Tensor:
-    """H(w) = -sum_i w_i log w_i over the last dim  (eq-gate-entropy), with 0 log 0 = 0. [..., E] -> [...]."""
-    tiny = torch.finfo(w.dtype).tiny
-    return -(w * torch.log(w.clamp_min(tiny))).sum(dim=-1)
-
-
-def normalized_gate_entropy(w: torch.Tensor) -> torch.Tensor:
-    """H(w) / log E in [0, 1]: 1 is the uniform gate, 0 a gate on one expert. [..., E] -> [...].
-
-    PLE-1's `ple.layers.normalized_entropy` over the expert axis.
-    """
-    return normalized_entropy(w, dim=-1)
 
 
 def entropy_regularizer(w: torch.Tensor, entropy_lambda: float = DEFAULT_ENTROPY_LAMBDA) -> torch.Tensor:
     """L_ent = lambda_ent * ( -mean_{b,k} H(w_{b,k}) )  (eq-entropy-reg).
 
     w: gate weights [B, K, E] (rows on the simplex). Minimising L_ent raises the gates' entropy.
-    Returns a scalar. The mean runs over the batch and the K tasks.
+    Returns a scalar; the mean runs over the batch and the K tasks. H is PLE-1's
+    `ple.layers.normalized_entropy` times log E, on weights clamped at the smallest normal float:
+    a saturated gate (a weight that underflowed to 0) then gets a finite gradient instead of the
+    NaN of d(p log p)/dp at 0, and the value moves by less than 1e-36.
     """
-    if w.dim() != 3:
-        raise ValueError(f"w has shape {list(w.shape)}; expected [B, K, E] (gate weights)")
-    if entropy_lambda < 0:
-        raise ValueError(f"entropy_lambda must be >= 0; got {entropy_lambda}")
-    return -entropy_lambda * gate_entropy(w).mean()
+    check_tensor(w, "w", ["B", "K", "E"], "gate weights")
+    entropy_lambda = check_float("entropy_lambda", entropy_lambda, 0.0)
+    tiny = torch.finfo(w.dtype).tiny
+    entropy = normalized_entropy(w.clamp_min(tiny), dim=-1) * math.log(w.shape[-1])  # H(w_{b,k}) [B, K]
+    return -entropy_lambda * entropy.mean()
 
 
 class CGCLayer(nn.Module):
@@ -135,12 +124,12 @@ class CGCLayer(nn.Module):
         num_task_experts: int = 1,
     ) -> None:
         super().__init__()
-        dims = tuple(registry_expert_dims() if shared_dims is None else (int(d) for d in shared_dims))
-        if num_tasks < 1 or num_task_experts < 0 or expert_dim < 1 or not dims:
-            raise ValueError(
-                f"need num_tasks >= 1, num_task_experts >= 0, expert_dim >= 1 and shared experts; got "
-                f"{num_tasks}, {num_task_experts}, {expert_dim}, {list(dims)}"
-            )
+        dims = registry_expert_dims() if shared_dims is None else check_widths("shared_dims", shared_dims)
+        if not dims:
+            raise HyperparameterError("shared_dims is empty; expected at least one shared expert")
+        num_tasks = check_int("num_tasks", num_tasks, 1)
+        expert_dim = check_int("expert_dim", expert_dim, 1)
+        num_task_experts = check_int("num_task_experts", num_task_experts, 0)
         self.num_tasks, self.expert_dim, self.num_task_experts = num_tasks, expert_dim, num_task_experts
         self.shared_dims = dims
         self.input_dim = sum(dims)
@@ -208,11 +197,9 @@ class CGCAttention(nn.Module):
         entropy_lambda: float = DEFAULT_ENTROPY_LAMBDA,
     ) -> None:
         super().__init__()
-        dims = tuple(registry_expert_dims() if expert_dims is None else (int(d) for d in expert_dims))
-        if num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1; got {num_tasks}")
-        if entropy_lambda < 0:
-            raise ValueError(f"entropy_lambda must be >= 0; got {entropy_lambda}")
+        dims = registry_expert_dims() if expert_dims is None else check_widths("expert_dims", expert_dims)
+        num_tasks = check_int("num_tasks", num_tasks, 1)
+        entropy_lambda = check_float("entropy_lambda", entropy_lambda, 0.0)
         scales = dim_normalization_scales(dims)
         self.num_tasks, self.expert_dims, self.num_experts = num_tasks, dims, len(dims)
         self.input_dim = sum(dims)
@@ -222,7 +209,7 @@ class CGCAttention(nn.Module):
             bias = torch.zeros(num_tasks, self.num_experts)
         else:
             if tuple(prior_mask.shape) != (num_tasks, self.num_experts):
-                raise ValueError(
+                raise ShapeError(
                     f"prior_mask has shape {list(prior_mask.shape)}; expected "
                     f"[{num_tasks}, {self.num_experts}] (num_tasks, num_experts)"
                 )
@@ -236,6 +223,7 @@ class CGCAttention(nn.Module):
             persistent=False,
         )
         self.register_buffer("frozen", torch.tensor(False))
+        self._frozen = False  # host copy of `frozen`, read by entropy_loss without a device sync
         self.register_load_state_dict_post_hook(CGCAttention._sync_frozen)
 
     @classmethod
@@ -260,7 +248,7 @@ class CGCAttention(nn.Module):
 
     def entropy_loss(self, w: torch.Tensor) -> torch.Tensor:
         """lambda_ent * (-mean H(w)) in training while not frozen; a zero scalar otherwise."""
-        if not self.training or bool(self.frozen) or self.entropy_lambda == 0.0:
+        if not self.training or self._frozen or self.entropy_lambda == 0.0:
             return w.new_zeros(())
         return entropy_regularizer(w, self.entropy_lambda)
 
@@ -270,12 +258,14 @@ class CGCAttention(nn.Module):
         self._sync_frozen(self, None)
 
     def unfreeze(self) -> None:
+        """Train the gate again (gradient and entropy term back on)."""
         self.frozen.fill_(False)
         self._sync_frozen(self, None)
 
     @staticmethod
     def _sync_frozen(module: CGCAttention, incompatible_keys) -> None:
-        trainable = not bool(module.frozen)
+        module._frozen = bool(module.frozen)  # read once per freeze / load, never in the step
+        trainable = not module._frozen
         module.weight.requires_grad_(trainable)
         module.bias.requires_grad_(trainable)
 

@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['NUM_STATE_DIMS', 'NUM_DYNAMICS_DIMS', 'HMM_FEATURE_DIM', 'HMM_PROJECTION_DIM', 'DEFAULT_MODE', 'MODE_STEP_DAYS', 'DYNAMICS_NAMES', 'gaussian_log_emissions', 'forward_filter', 'Generator', 'is_generator', 'generator_from_transmat', 'stationary_distribution', 'dynamics_summary', 'pad_posteriors', 'match_states', 'ModeHMM', 'fit_triple_mode', 'task_hmm_mode', 'missing_rows', 'HMMProjector', 'HMMTripleMode']
+__all__ = ['NUM_STATE_DIMS', 'NUM_DYNAMICS_DIMS', 'HMM_FEATURE_DIM', 'HMM_PROJECTION_DIM', 'DEFAULT_MODE', 'MODE_STEP_DAYS', 'DYNAMICS_NAMES', 'gaussian_log_emissions', 'filtered_posteriors', 'Generator', 'is_generator', 'generator_from_transmat', 'stationary_distribution', 'dynamics_summary', 'pad_posteriors', 'match_states', 'ModeHMM', 'fit_triple_mode', 'task_hmm_mode', 'missing_rows', 'HMMProjector', 'HMMTripleMode']
 
 import math
 import warnings
@@ -21,6 +21,10 @@ from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from ple.checks import (
+    HyperparameterError, NonFiniteError, ShapeError, TaskError, check_choice, check_float, check_int, check_tensor,
+)
+from ple.data.world import hmm_filter
 from ple.tasks import HMM_MODES, get_task
 
 NUM_STATE_DIMS = 10  # posterior slots per mode (fewer states are zero-padded)
@@ -42,40 +46,33 @@ DYNAMICS_NAMES = (
 def gaussian_log_emissions(model: GaussianHMM, obs: np.ndarray) -> np.ndarray:
     """log b_s(o_t) = log N(o_t; mu_s, diag(sigma_s^2)) for a diagonal-covariance GaussianHMM.
 
-    obs: [N, T, D] -> [N, T, S], float64.
+    obs: [N, T, D] -> [N, T, S], float64. (Chapter 00's `gaussian_state_loglik` is the world's
+    emission with unit variances; a fitted HMM has a variance per state and feature.)
     """
     if model.covariance_type != "diag":
-        raise ValueError(f"covariance_type is {model.covariance_type!r}; expected 'diag'")
+        raise HyperparameterError(f"covariance_type is {model.covariance_type!r}; expected 'diag'")
     x = np.asarray(obs, dtype=np.float64)[..., None, :]  # [N, T, 1, D]
     mu = np.asarray(model.means_, dtype=np.float64)  # [S, D]
-    var = np.asarray(model._covars_, dtype=np.float64)  # [S, D]
+    var = np.diagonal(np.asarray(model.covars_, dtype=np.float64), axis1=-2, axis2=-1)  # [S, D]
     return -0.5 * (np.log(2 * np.pi * var).sum(-1) + ((x - mu) ** 2 / var).sum(-1))
 
 
-def forward_filter(model: GaussianHMM, obs: np.ndarray) -> np.ndarray:
-    """Filtered posteriors P(q_t = s | o_1..o_t) for N sequences at once  (eq-hmm-forward).
+def filtered_posteriors(model: GaussianHMM, obs: np.ndarray, *, return_all: bool = True) -> np.ndarray:
+    """Filtered posteriors P(q_t = s | o_1..o_t) of a fitted GaussianHMM for N sequences at once
+    (eq-hmm-forward).
 
-    The scaled forward recursion: alpha_1 ∝ pi * b(o_1), alpha_t ∝ (alpha_{t-1} A) * b(o_t),
-    each step renormalised to sum 1 (Rabiner's scaling), computed from log-emissions shifted
-    by their per-row maximum. obs: [N, T, D] -> [N, T, S], float64.
+    The forward recursion is chapter 00's `ple.data.world.hmm_filter` (log space, every step
+    normalised), fed with this model's emissions, start and transition probabilities.
+    obs: [N, T, D] -> [N, T, S], float64; with return_all=False only the last step, [N, S].
     """
     obs = np.asarray(obs, dtype=np.float64)
-    if obs.ndim != 3 or obs.shape[-1] != model.means_.shape[1]:
-        raise ValueError(
-            f"obs has shape {list(obs.shape)}; expected [N, T, {model.means_.shape[1]}] (n_features)"
-        )
+    n_features = model.means_.shape[1]
+    if obs.ndim != 3 or obs.shape[-1] != n_features:
+        raise ShapeError(f"obs has shape {list(obs.shape)}; expected [N, T, {n_features}] (n_features)")
     if not np.isfinite(obs).all():
-        raise ValueError("obs contains NaN or inf")
+        raise NonFiniteError("obs contains NaN or inf")
     log_b = gaussian_log_emissions(model, obs)
-    b = np.exp(log_b - log_b.max(axis=-1, keepdims=True))
-    A = np.asarray(model.transmat_, dtype=np.float64)
-    out = np.empty_like(b)
-    alpha = np.asarray(model.startprob_, dtype=np.float64) * b[:, 0]
-    out[:, 0] = alpha / alpha.sum(-1, keepdims=True)
-    for t in range(1, b.shape[1]):
-        alpha = (out[:, t - 1] @ A) * b[:, t]
-        out[:, t] = alpha / alpha.sum(-1, keepdims=True)
-    return out
+    return hmm_filter(log_b, model.startprob_, model.transmat_, return_all=return_all)
 
 
 @dataclass
@@ -237,14 +234,14 @@ class ModeHMM:
         horizon_steps: float = 3.0,
         max_fit_sequences: int | None = 400,
     ) -> None:
-        if mode not in HMM_MODES:
-            raise ValueError(f"unknown HMM mode {mode!r}; expected one of {list(HMM_MODES)}")
-        if not 2 <= n_states <= NUM_STATE_DIMS:
-            raise ValueError(f"n_states must be in [2, {NUM_STATE_DIMS}]; got {n_states}")
-        self.mode, self.n_states = mode, n_states
-        self.step_days = MODE_STEP_DAYS[mode] if step_days is None else float(step_days)
-        self.n_iter, self.seed, self.horizon_steps = n_iter, seed, horizon_steps
-        self.max_fit_sequences = max_fit_sequences
+        self.mode = check_choice("mode", mode, HMM_MODES)
+        self.n_states = check_int("n_states", n_states, 2, NUM_STATE_DIMS)
+        self.step_days = MODE_STEP_DAYS[mode] if step_days is None else check_float(
+            "step_days", step_days, 0.0, low_open=True)
+        self.n_iter, self.seed = check_int("n_iter", n_iter, 1), check_int("seed", seed, 0)
+        self.horizon_steps = check_float("horizon_steps", horizon_steps, 0.0, low_open=True)
+        self.max_fit_sequences = None if max_fit_sequences is None else check_int(
+            "max_fit_sequences", max_fit_sequences, 1)
 
     def fit(self, obs: np.ndarray, valid: np.ndarray | None = None) -> ModeHMM:
         """Baum-Welch (hmmlearn) on the valid customers' sequences. obs: [N, T, D]; valid: bool [N].
@@ -256,9 +253,9 @@ class ModeHMM:
         """
         obs = np.asarray(obs, dtype=np.float64)
         if obs.ndim != 3:
-            raise ValueError(f"obs has shape {list(obs.shape)}; expected [N, T, D]")
+            raise ShapeError(f"obs has shape {list(obs.shape)}; expected [N, T, D]")
         if not np.isfinite(obs).all():
-            raise ValueError("obs contains NaN or inf")
+            raise NonFiniteError("obs contains NaN or inf")
         rows = obs if valid is None else obs[np.asarray(valid, dtype=bool)]
         rng = np.random.default_rng(self.seed)
         if self.max_fit_sequences is not None and len(rows) > self.max_fit_sequences:
@@ -293,7 +290,7 @@ class ModeHMM:
 
     def _sorted(self, model: GaussianHMM) -> GaussianHMM:
         order = np.argsort(self._score(model.means_), kind="stable")
-        covars = model._covars_[order].copy()
+        covars = np.diagonal(model.covars_, axis1=-2, axis2=-1)[order].copy()  # diag: [S, D]
         model.startprob_ = model.startprob_[order]
         model.transmat_ = model.transmat_[np.ix_(order, order)]
         model.means_ = model.means_[order]
@@ -302,17 +299,17 @@ class ModeHMM:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise ValueError(f"ModeHMM({self.mode!r}) is not fitted; call fit(obs) first")
+            raise HyperparameterError(f"ModeHMM({self.mode!r}) is not fitted; call fit(obs) first")
 
     def posteriors(self, obs: np.ndarray) -> np.ndarray:
-        """Filtered posteriors [N, T, S] (eq-hmm-forward)."""
+        """Filtered posteriors [N, T, S] (eq-hmm-forward), `filtered_posteriors` of the fitted model."""
         self._check_fitted()
-        return forward_filter(self.model_, obs)
+        return filtered_posteriors(self.model_, obs)
 
     def transform(self, obs: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """The 16-dim feature per customer, float32 [N, 16]; rows with valid=False are all zero."""
         self._check_fitted()
-        p_last = self.posteriors(obs)[:, -1]
+        p_last = filtered_posteriors(self.model_, obs, return_all=False)  # p_T [N, S]
         gen = self.generator_
         dyn = dynamics_summary(p_last, gen.Q, self.state_score_, self.step_days, self.horizon_steps)
         x = np.concatenate([pad_posteriors(p_last), dyn], axis=1).astype(np.float32)
@@ -341,7 +338,7 @@ def task_hmm_mode(task_name: str) -> str:
     """The HMM mode that feeds a task: its registry entry's `hmm_mode`, else `DEFAULT_MODE`."""
     mode = getattr(get_task(task_name), "hmm_mode", None) or DEFAULT_MODE
     if mode not in HMM_MODES:
-        raise ValueError(f"task {task_name!r} names unknown HMM mode {mode!r}")
+        raise TaskError(f"task {task_name!r} names unknown HMM mode {mode!r}; expected one of {list(HMM_MODES)}")
     return mode
 
 
@@ -356,32 +353,29 @@ class HMMProjector(nn.Module):
 
     A row has no data when `valid` says so, or (valid=None) when all 16 entries are 0. A row whose
     10 posterior slots are 0 but whose summary is not is projected like any other row.
+    Every row is projected and `torch.where` picks e_m for the rows without data: no host sync,
+    and no gradient reaches e_m from a row with data (nor the Linear from a row without).
     Shapes: x [B, 16], valid bool [B] or None -> [B, 32].
     """
 
     def __init__(self, in_dim: int = HMM_FEATURE_DIM, out_dim: int = HMM_PROJECTION_DIM) -> None:
         super().__init__()
-        self.in_dim, self.out_dim = in_dim, out_dim
+        self.in_dim, self.out_dim = check_int("in_dim", in_dim), check_int("out_dim", out_dim)
         self.linear = nn.Linear(in_dim, out_dim)
         self.norm = nn.LayerNorm(out_dim)
         self.default_embedding = nn.Parameter(torch.zeros(out_dim))
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != self.in_dim:
-            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x has shape {shape}; expected [B, {self.in_dim}] (HMM feature)")
-        if not torch.isfinite(x).all():
-            raise ValueError("x contains NaN or inf")
+        check_tensor(x, "x", ["B", self.in_dim], "HMM feature")
         if valid is None:
             valid = ~missing_rows(x)
-        elif valid.shape != (x.shape[0],) or valid.dtype != torch.bool:
-            raise ValueError(
-                f"valid has shape {list(valid.shape)} and dtype {valid.dtype}; expected bool [{x.shape[0]}]"
-            )
-        out = self.default_embedding.to(x.dtype).expand(x.shape[0], -1).clone()
-        if valid.any():
-            out[valid] = nn.functional.silu(self.norm(self.linear(x[valid])))
-        return out
+        elif not isinstance(valid, torch.Tensor) or valid.shape != (x.shape[0],) or valid.dtype != torch.bool:
+            got = f"shape {list(valid.shape)} and dtype {valid.dtype}" if isinstance(valid, torch.Tensor) else type(valid).__name__
+            raise ShapeError(f"valid has {got}; expected bool [{x.shape[0]}]")
+        keep = valid.unsqueeze(-1)  # [B, 1]
+        x = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        h = nn.functional.silu(self.norm(self.linear(x)))  # eq-hmm-projector, rows with data
+        return torch.where(keep, h, self.default_embedding.to(h.dtype).expand_as(h))
 
 
 class HMMTripleMode(nn.Module):
@@ -393,16 +387,13 @@ class HMMTripleMode(nn.Module):
 
     def __init__(self, task_names: Sequence[str], modes: Sequence[str] = HMM_MODES) -> None:
         super().__init__()
-        for m in modes:
-            if m not in HMM_MODES:
-                raise ValueError(f"unknown HMM mode {m!r}; expected one of {list(HMM_MODES)}")
-        self.modes = tuple(modes)
+        self.modes = tuple(check_choice(f"modes[{i}]", m, HMM_MODES) for i, m in enumerate(modes))
         self.projectors = nn.ModuleDict({m: HMMProjector() for m in self.modes})
         self.task_names = tuple(task_names)
         self.task_modes = tuple(task_hmm_mode(t) for t in self.task_names)
         for t, m in zip(self.task_names, self.task_modes):
             if m not in self.projectors:
-                raise ValueError(f"task {t!r} routes to mode {m!r}, which is not in modes {list(self.modes)}")
+                raise TaskError(f"task {t!r} routes to mode {m!r}, which is not in modes {list(self.modes)}")
 
     def forward(
         self,
@@ -411,10 +402,10 @@ class HMMTripleMode(nn.Module):
     ) -> dict[str, torch.Tensor]:
         unknown = set(inputs) - set(self.modes)
         if unknown:
-            raise ValueError(f"unknown HMM mode(s) {sorted(unknown)}; expected {list(self.modes)}")
+            raise TaskError(f"unknown HMM mode(s) {sorted(unknown)}; expected {list(self.modes)}")
         missing = set(self.modes) - set(inputs)
         if missing:
-            raise ValueError(f"inputs lack HMM mode(s) {sorted(missing)}")
+            raise TaskError(f"inputs lack HMM mode(s) {sorted(missing)}")
         return {
             m: self.projectors[m](inputs[m], None if valid is None else valid.get(m))
             for m in self.modes

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ple import seed_everything
+from ple.checks import HyperparameterError, ShapeError, validation
 from ple.gates import (
     CGCAttention,
     CGCLayer,
@@ -16,8 +17,6 @@ from ple.gates import (
     domain_prior_bias,
     domain_prior_mask,
     entropy_regularizer,
-    gate_entropy,
-    normalized_gate_entropy,
     registry_expert_dims,
 )
 from ple.tasks import EXPERT_NAMES, active_tasks, get_task
@@ -51,8 +50,10 @@ def test_normalisation_factors():
 
 
 def test_normalisation_rejects_bad_dims():
-    with pytest.raises(ValueError, match="expert_dims must be positive"):
+    with pytest.raises(HyperparameterError, match=r"expert_dims\[1\] must be an int >= 1; got 0"):
         dim_normalization_scales([64, 0])
+    with pytest.raises(HyperparameterError, match="expert_dims is empty"):
+        dim_normalization_scales([])
 
 
 def test_stage2_shapes_and_softmax(h_shared):
@@ -97,7 +98,7 @@ def test_domain_prior_bias_from_registry():
 def test_domain_prior_bias_values():
     mask = torch.tensor([[True, False, False]])
     assert domain_prior_bias(mask, 2.0, -0.5).tolist() == [[2.0, -0.5, -0.5]]
-    with pytest.raises(ValueError, match="prior_mask"):
+    with pytest.raises(ShapeError, match=r"prior_mask has shape \[3\] and dtype torch.float32; expected a bool \[K, E\]"):
         domain_prior_bias(torch.ones(3))
 
 
@@ -147,19 +148,47 @@ def test_input_errors(h_shared):
         layer(h_shared, torch.randn(B, 3, 1, 64))
     with pytest.raises(ValueError, match="prior_mask has shape"):
         CGCAttention(2, prior_mask=torch.ones(3, 7, dtype=torch.bool))
-    with pytest.raises(ValueError, match="entropy_lambda"):
+    with pytest.raises(HyperparameterError, match="entropy_lambda must be >= 0.0; got -0.1"):
         CGCAttention(2, entropy_lambda=-0.1)
+    with pytest.raises(HyperparameterError, match="num_tasks must be an int >= 1; got 0"):
+        CGCLayer(0)
+    with pytest.raises(HyperparameterError, match="num_task_experts must be an int >= 0; got 1.5"):
+        CGCLayer(2, num_task_experts=1.5)
+    with pytest.raises(HyperparameterError, match="shared_dims is empty"):
+        CGCLayer(2, shared_dims=[])
+    with pytest.raises(ShapeError, match=r"w has shape \[2, 7\]; expected \[B, K, E\]"):
+        entropy_regularizer(torch.full((2, 7), 1 / 7))
+
+
+def test_validation_off_skips_only_the_device_syncing_checks(h_shared):
+    gate = CGCAttention(2)
+    bad = h_shared.clone()
+    bad[0, 3] = float("nan")
+    with validation(False):
+        out = gate(bad)  # no NaN scan (it would wait for the device); the shape is still checked
+        assert torch.isnan(out[0]).any() and torch.isfinite(out[1:]).all()
+        with pytest.raises(ShapeError, match="h_shared has shape"):
+            gate(torch.randn(B, 500))
 
 
 def test_entropy_values():
     E = 7
     uniform = torch.full((2, 3, E), 1.0 / E)
-    assert torch.allclose(gate_entropy(uniform), torch.full((2, 3), math.log(E)))
-    assert torch.allclose(normalized_gate_entropy(uniform), torch.ones(2, 3))
+    assert entropy_regularizer(uniform, 0.01).item() == pytest.approx(-0.01 * math.log(E))
     one_hot = torch.zeros(1, 1, E)
     one_hot[..., 2] = 1.0
-    assert gate_entropy(one_hot).item() == 0.0
-    assert entropy_regularizer(uniform, 0.01).item() == pytest.approx(-0.01 * math.log(E))
+    assert abs(entropy_regularizer(one_hot, 1.0).item()) < 1e-30
+    w = torch.softmax(torch.randn(4, 2, E, dtype=torch.float64), -1)
+    H = -(w * w.log()).sum(-1)  # Shannon entropy, written out
+    assert entropy_regularizer(w, 0.3).item() == pytest.approx(-0.3 * H.mean().item(), rel=1e-12)
+
+
+def test_entropy_gradient_finite_at_a_saturated_gate():
+    z = torch.tensor([[[0.0, 200.0, 1.0, -5.0, 0.0, 0.0, 0.0]]], requires_grad=True)
+    w = torch.softmax(z, -1)
+    assert (w == 0).any()  # float32 underflow: the collapsed gate the regulariser fights
+    (g,) = torch.autograd.grad(entropy_regularizer(w, 0.01), z)
+    assert torch.isfinite(g).all()
 
 
 def test_entropy_gradient_closed_form_and_finite_differences():
@@ -173,7 +202,7 @@ def test_entropy_gradient_closed_form_and_finite_differences():
     assert torch.autograd.gradcheck(loss, (z,), eps=1e-6, atol=1e-7)
     (g,) = torch.autograd.grad(loss(z), z)
     w = torch.softmax(z, -1).detach()
-    H = gate_entropy(w).unsqueeze(-1)
+    H = -(w * w.log()).sum(-1, keepdim=True)
     closed = lam / (3 * 2) * w * (torch.log(w) + H)
     assert torch.allclose(g, closed, atol=1e-12)
 
@@ -191,6 +220,7 @@ def test_entropy_loss_only_in_training_and_unfrozen(h_shared):
     assert not gate.weight.requires_grad and not gate.bias.requires_grad
     gate.unfreeze()
     assert gate.weight.requires_grad and gate.entropy_loss(w).item() < 0
+    assert not bool(gate.frozen)
     assert CGCAttention(2, entropy_lambda=0.0).train().entropy_loss(w).item() == 0.0
 
 

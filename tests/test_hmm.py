@@ -9,6 +9,8 @@ import torch
 from hmmlearn.hmm import GaussianHMM
 
 from ple import seed_everything
+from ple.checks import HyperparameterError, NonFiniteError, ShapeError, TaskError, validation
+from ple.data.world import hmm_filter
 from ple.hmm import (
     DEFAULT_MODE,
     HMM_FEATURE_DIM,
@@ -18,7 +20,7 @@ from ple.hmm import (
     HMMTripleMode,
     ModeHMM,
     dynamics_summary,
-    forward_filter,
+    filtered_posteriors,
     generator_from_transmat,
     is_generator,
     match_states,
@@ -52,11 +54,26 @@ def fitted():
 
 def test_filter_matches_hmmlearn_last_step(fitted):
     model, obs, _, _ = fitted
-    post = forward_filter(model.model_, obs)
+    post = filtered_posteriors(model.model_, obs)
     assert post.shape == obs.shape[:2] + (3,)
     assert np.allclose(post.sum(-1), 1.0)
     for i in range(5):
         assert np.allclose(post[i, -1], model.model_.predict_proba(obs[i])[-1], atol=1e-8)
+        # filtered at t = smoothed at t on the prefix o_1..o_t
+        assert np.allclose(post[i, 9], model.model_.predict_proba(obs[i, :10])[-1], atol=1e-8)
+    assert np.allclose(filtered_posteriors(model.model_, obs, return_all=False), post[:, -1])
+    assert np.allclose(model.posteriors(obs), post)
+
+
+def test_filter_is_the_worlds_with_this_models_emissions(fitted):
+    model, obs, _, _ = fitted
+    hmm = model.model_
+    var = np.diagonal(hmm.covars_, axis1=-2, axis2=-1)
+    log_b = np.stack([  # log N(o; mu_s, diag var_s), one state at a time
+        -0.5 * (np.log(2 * np.pi * var[s]).sum() + ((obs - hmm.means_[s]) ** 2 / var[s]).sum(-1))
+        for s in range(3)], axis=-1)
+    ref = hmm_filter(log_b, hmm.startprob_, hmm.transmat_, return_all=True)
+    assert np.allclose(filtered_posteriors(hmm, obs), ref, atol=1e-12)
 
 
 def test_recovers_planted_states(fitted):
@@ -131,21 +148,25 @@ def test_pad_and_match_errors():
 
 
 def test_mode_errors():
-    with pytest.raises(ValueError, match="unknown HMM mode 'weekly'"):
+    with pytest.raises(HyperparameterError, match="mode must be one of 'journey', 'lifecycle', 'behavior'; got 'weekly'"):
         ModeHMM("weekly", 3)
-    with pytest.raises(ValueError, match="n_states"):
+    with pytest.raises(HyperparameterError, match="n_states must be an int >= 2 and <= 10; got 11"):
         ModeHMM("journey", 11)
-    with pytest.raises(ValueError, match="not fitted"):
+    with pytest.raises(HyperparameterError, match="n_iter must be an int >= 1; got 0"):
+        ModeHMM("journey", 3, n_iter=0)
+    with pytest.raises(HyperparameterError, match="not fitted"):
         ModeHMM("journey", 3).transform(np.zeros((2, 5, 2)))
     model = GaussianHMM(2, "diag")
+    model.n_features = 2
     model.startprob_, model.transmat_ = np.array([0.5, 0.5]), np.eye(2)
     model.means_, model.covars_ = np.zeros((2, 2)), np.ones((2, 2))
-    with pytest.raises(ValueError, match=r"obs has shape \[3, 4, 5\]; expected \[N, T, 2\]"):
-        forward_filter(model, np.zeros((3, 4, 5)))
+    with pytest.raises(ShapeError, match=r"obs has shape \[3, 4, 5\]; expected \[N, T, 2\]"):
+        filtered_posteriors(model, np.zeros((3, 4, 5)))
     bad = np.zeros((3, 4, 2))
     bad[0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        forward_filter(model, bad)
+    with pytest.raises(NonFiniteError, match="NaN"):
+        filtered_posteriors(model, bad)
+    assert np.allclose(filtered_posteriors(model, np.zeros((3, 4, 2))), 0.5)  # equal states stay equal
 
 
 def test_projector_shapes_and_missing_embedding():
@@ -184,12 +205,26 @@ def test_default_embedding_gradient_only_from_missing_rows():
 
 def test_projector_errors():
     proj = HMMProjector()
-    with pytest.raises(ValueError, match=r"x has shape \[2, 15\]; expected \[B, 16\]"):
+    with pytest.raises(ShapeError, match=r"x has shape \[2, 15\]; expected \[B, 16\]"):
         proj(torch.zeros(2, 15))
-    with pytest.raises(ValueError, match="x contains NaN"):
+    with pytest.raises(NonFiniteError, match="x contains NaN"):
         proj(torch.full((2, 16), float("nan")))
-    with pytest.raises(ValueError, match="valid has shape"):
+    with pytest.raises(ShapeError, match=r"valid has shape \[3\] and dtype torch.bool; expected bool \[2\]"):
         proj(torch.zeros(2, 16), valid=torch.ones(3, dtype=torch.bool))
+
+
+def test_projector_rows_without_data_are_isolated():
+    seed_everything(0)
+    proj = HMMProjector()
+    x = torch.rand(3, HMM_FEATURE_DIM)
+    x[1] = float("nan")  # garbage in a row marked as missing never reaches the output or a gradient
+    valid = torch.tensor([True, False, True])
+    with validation(False):  # the NaN scan is off, as inside a training step
+        out = proj(x, valid)
+    assert torch.equal(out[1], proj.default_embedding.detach())
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in proj.parameters())
+    assert torch.allclose(out[[0, 2]], proj(x[[0, 2]]))
 
 
 def test_triple_mode_projectors_distinct_and_routed():
@@ -213,11 +248,13 @@ def test_triple_mode_projectors_distinct_and_routed():
 def test_triple_mode_errors():
     triple = HMMTripleMode(["ctr"])
     x = torch.rand(2, HMM_FEATURE_DIM)
-    with pytest.raises(ValueError, match="unknown HMM mode"):
+    with pytest.raises(TaskError, match="unknown HMM mode"):
         triple({"journey": x, "lifecycle": x, "behavior": x, "weekly": x})
-    with pytest.raises(ValueError, match="lack HMM mode"):
+    with pytest.raises(TaskError, match="lack HMM mode"):
         triple({"journey": x})
     with pytest.raises(ValueError, match="no_such_task"):
         HMMTripleMode(["no_such_task"])
-    with pytest.raises(ValueError, match="unknown HMM mode"):
+    with pytest.raises(HyperparameterError, match=r"modes\[1\] must be one of .*; got 'weekly'"):
         HMMTripleMode(["ctr"], modes=("journey", "weekly"))
+    with pytest.raises(TaskError, match="routes to mode 'journey', which is not in modes"):
+        HMMTripleMode(["ctr"], modes=("lifecycle",))
