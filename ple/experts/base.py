@@ -5,37 +5,10 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['check_tensor', 'SharedExpert']
-
-from collections.abc import Sequence
+__all__ = ['SharedExpert']
 
 import torch
 from torch import nn
-
-
-def check_tensor(
-    x: object, name: str, expected: Sequence[int | str], what: str | None = None
-) -> None:
-    """Raise ValueError unless `x` is a tensor of shape `expected` with finite entries.
-
-    `expected` lists one entry per axis: an int fixes the size, a str (``"B"``, ``"T"``) names a
-    free axis. The message names the argument, the shape received and the shape expected, e.g.
-    ``txn_seq has shape [32, 180, 12]; expected [B, T, 16] (txn_dim)``.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-    want = "[" + ", ".join(str(e) for e in expected) + "]"
-    ok = x.dim() == len(expected) and all(
-        isinstance(e, str) or s == e for s, e in zip(x.shape, expected)
-    )
-    if not ok:
-        hint = f" ({what})" if what else ""
-        raise ValueError(f"{name} has shape {list(x.shape)}; expected {want}{hint}")
-    if x.is_floating_point():
-        if torch.isnan(x).any():
-            raise ValueError(f"{name} contains NaN")
-        if torch.isinf(x).any():
-            raise ValueError(f"{name} contains inf")
 
 
 class SharedExpert(nn.Module):

@@ -10,7 +10,8 @@ __all__ = ['notears_h', 'CausalExpert']
 import torch
 from torch import nn
 
-from ple.experts.base import SharedExpert, check_tensor
+from ple.checks import check_tensor
+from ple.experts.base import SharedExpert
 from ple.layers import MLP
 
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ple.experts.base import SharedExpert, check_tensor
+from ple.checks import check_tensor, validation_enabled
+from ple.experts.base import SharedExpert
 
 MIN_NORM = 1e-15
 
@@ -25,10 +26,12 @@ def _ball_eps(dtype: torch.dtype) -> float:
 
 
 def _sqrt_c(c: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    c = torch.as_tensor(c, dtype=like.dtype, device=like.device)
-    if (c <= 0).any():
-        raise ValueError(f"curvature c must be > 0; got {c.detach().cpu().tolist()}")
-    return c.sqrt()
+    # A number is checked here (on the host, free). A tensor curvature is taken as positive:
+    # HGCNExpert makes it so by construction (softplus), and checking it in every manifold op
+    # would read a device value into Python on every call.
+    if not isinstance(c, torch.Tensor) and not c > 0:
+        raise ValueError(f"curvature c must be > 0; got {c!r}")
+    return torch.as_tensor(c, dtype=like.dtype, device=like.device).sqrt()
 
 
 def _norm(x: torch.Tensor) -> torch.Tensor:
@@ -189,7 +192,8 @@ class HGCNExpert(SharedExpert):
 
     def _tangent_input(self, x: torch.Tensor) -> torch.Tensor:
         p, e = x[..., : self.poincare_dim], x[..., self.poincare_dim :]
-        if self.poincare_dim and (p.pow(2).sum(-1) >= 1).any():
+        # the public boundary: one check per forward, off inside a training step (ple.checks.validation)
+        if self.poincare_dim and validation_enabled() and bool((p.pow(2).sum(-1) >= 1).any()):
             raise ValueError("the first poincare_dim columns must be points of the unit ball (norm < 1)")
         parts = [logmap0(p, 1.0)] if self.poincare_dim else []
         # scale to unit expected norm, so exp0 does not saturate at the ball's edge

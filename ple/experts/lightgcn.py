@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ple.experts.base import SharedExpert, check_tensor
+from ple.checks import check_tensor
+from ple.experts.base import SharedExpert
 from ple.layers import MLP
 
 

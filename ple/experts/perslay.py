@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ple.experts.base import SharedExpert, check_tensor
+from ple.checks import check_tensor
+from ple.experts.base import SharedExpert
 from ple.layers import MLP
 
 

@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['selective_scan', 'SelectiveSSM', 'LiquidCell', 'PatchCausalTransformer', 'TemporalExpert']
+__all__ = ['segment_sums', 'ssd_scan', 'selective_scan', 'SelectiveSSM', 'LiquidCell', 'PatchCausalTransformer', 'TemporalExpert']
 
 import math
 
@@ -13,70 +13,96 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ple.experts.base import SharedExpert, check_tensor
+from ple.checks import check_tensor
+from ple.experts.base import SharedExpert
 from ple.layers import MLP
 
 
-class _SelectiveScan(torch.autograd.Function):
-    """The recurrence of eq-ssm with a hand-written backward (the reverse recurrence, eq-ssm-adjoint).
+def segment_sums(cum: torch.Tensor) -> torch.Tensor:
+    """Sums of log-decays between every pair of steps of a chunk (eq-ssd-mask).
 
-    Forward keeps only the inputs and one state per chunk; backward recomputes each chunk's states
-    from its starting state and runs ``g_t = C_t y'_t + A_bar_{t+1} g_{t+1}`` backwards in time.
-    Inside a chunk the tensors are time-major `[L, B, d, N]`, so every step reads and writes
-    contiguous memory.
+    `cum` `[..., L]` holds the chunk-local cumulative log-decays; ``out[..., t, r] = cum_t - cum_r``
+    (the log-decay from step r to step t) for r <= t and -inf for r > t, so ``exp(out)`` is the
+    chunk's decay matrix with every entry in [0, 1]. `[..., L]` -> `[..., L, L]`.
     """
+    L = cum.shape[-1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=cum.device).tril()
+    return (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, -math.inf)
 
-    @staticmethod
-    def _chunk(u, delta, A, B, h):
-        # u, delta [L, B, d]; B [L, B, N]; h [B, d, N] -> A_bar, H (states) [L, B, d, N]
-        dA = torch.exp(delta.unsqueeze(-1) * A)  # A_bar_t = exp(delta_t A)
-        H = (delta * u).unsqueeze(-1) * B.unsqueeze(2)  # B_bar_t u_t, overwritten by h_t below
-        for t in range(H.shape[0]):
-            h = H[t].addcmul_(dA[t], h)  # h_t = A_bar_t h_{t-1} + B_bar_t u_t
-        return dA, H
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, chunk_len):  # type: ignore[override]
-        ut, dt, Bt, Ct = (x.transpose(0, 1).contiguous() for x in (u, delta, B, C))  # time-major
-        T = ut.shape[0]
-        ys, h, starts = [], h0, []
-        for s in range(0, T, chunk_len):
-            e = min(s + chunk_len, T)
-            starts.append(h)
-            _, H = _SelectiveScan._chunk(ut[s:e], dt[s:e], A, Bt[s:e], h)
-            h = H[-1]
-            ys.append((H * Ct[s:e].unsqueeze(2)).sum(-1))  # y_t = C_t . h_t
-        ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts))
-        ctx.chunk_len = chunk_len
-        return torch.cat(ys).transpose(0, 1), h.clone()
+def _chunk_len(T: int, chunk_len: int) -> int:
+    # the largest length in (chunk_len / 2, chunk_len] that divides T (no padding), else chunk_len
+    return next((n for n in range(chunk_len, chunk_len // 2, -1) if T % n == 0), chunk_len)
 
-    @staticmethod
-    def backward(ctx, gy, gh_last):  # type: ignore[override]
-        u, delta, A, B, C, starts = ctx.saved_tensors
-        ut, dt, Bt, Ct, gyt = (x.transpose(0, 1).contiguous() for x in (u, delta, B, C, gy))
-        L, T = ctx.chunk_len, ut.shape[0]
-        gu, gdelta, gB, gC = (torch.empty_like(x) for x in (ut, dt, Bt, Ct))
-        gA = torch.zeros_like(A)
-        # carry = A_bar_{t+1} g_{t+1}: the gradient reaching h_t from the future
-        carry = torch.zeros_like(starts[0]) if gh_last is None else gh_last.clone()
-        for ci, s in reversed(list(enumerate(range(0, T, L)))):
-            e = min(s + L, T)
-            dA, H = _SelectiveScan._chunk(ut[s:e], dt[s:e], A, Bt[s:e], starts[ci])
-            h_prev = torch.cat([starts[ci].unsqueeze(0), H[:-1]])
-            gH = gyt[s:e].unsqueeze(-1) * Ct[s:e].unsqueeze(2)  # direct part C_t y'_t
-            for t in reversed(range(e - s)):
-                gH[t] += carry  # g_t = C_t y'_t + A_bar_{t+1} g_{t+1}
-                carry = gH[t] * dA[t]
-            g_log = gH * h_prev * dA  # dL / d(delta_t A)
-            gdelta[s:e] = (g_log * A).sum(-1)
-            gA += (g_log * dt[s:e].unsqueeze(-1)).sum((0, 1))
-            g_du = (gH * Bt[s:e].unsqueeze(2)).sum(-1)  # dL / d(delta_t u_t)
-            gdelta[s:e] += g_du * ut[s:e]
-            gu[s:e] = g_du * dt[s:e]
-            gB[s:e] = (gH * (dt[s:e] * ut[s:e]).unsqueeze(-1)).sum(2)
-            gC[s:e] = (H * gyt[s:e].unsqueeze(-1)).sum(2)
-        return (gu.transpose(0, 1), gdelta.transpose(0, 1), gA, gB.transpose(0, 1),
-                gC.transpose(0, 1), carry, None)
+
+def ssd_scan(
+    x: torch.Tensor,
+    log_a: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    *,
+    scale: torch.Tensor | None = None,
+    D: torch.Tensor | None = None,
+    h0: torch.Tensor | None = None,
+    chunk_len: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diagonal linear recurrence ``h_t = a_t h_{t-1} + s_t x_t B_t^T``, ``y_t = h_t C_t + D x_t``
+    in chunks (eq-ssd-chunk): inside every chunk of L steps the outputs are one masked [L, L]
+    matrix product per head; across chunks, T / L sequential state passes. Decays enter only as
+    ``exp`` of chunk-local sums of log-decays (each <= 0), never as a cumulative product that is
+    divided by, so nothing underflows into a division.
+
+    Args:
+        x: inputs `[B, T, H, P]` (H heads of P channels).
+        log_a: log-decays `[B, T, H]`, <= 0 (one scalar decay per head and step).
+        B, C: input and output projections `[B, T, N]`, shared by the heads.
+        scale: input scale s `[B, T, H]` (Mamba's delta) or None (1).
+        D: skip `[H]` or None.
+        h0: initial state `[B, H, P, N]` or None (zeros).
+        chunk_len: steps per chunk (the largest divisor of T in (chunk_len / 2, chunk_len] is
+            used if there is one; else the sequence is padded).
+
+    Returns:
+        y `[B, T, H, P]` and the last state `[B, H, P, N]`. With autograd, memory is
+        O(B T (H P + H L + N) + B (T / L) H P N): the per-step states `[B, T, H, P, N]` are never formed.
+    """
+    bsz, T, H, P = x.shape
+    N = B.shape[-1]
+    L = _chunk_len(T, int(chunk_len))
+    pad = (-T) % L
+    if pad:  # padded steps: decay 1, input 0, so the state carries through unchanged
+        x, log_a = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(log_a, (0, 0, 0, pad))
+        B, C = F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))
+        scale = None if scale is None else F.pad(scale, (0, 0, 0, pad))
+    nc = (T + pad) // L
+    xc = x.reshape(bsz, nc, L, H, P).permute(0, 3, 1, 2, 4)  # [B, H, c, L, P] (a view when H = 1)
+    la = log_a.reshape(bsz, nc, L, H).permute(0, 3, 1, 2)  # [B, H, c, L]
+    sc = None if scale is None else scale.reshape(bsz, nc, L, H).permute(0, 3, 1, 2)
+    Bc, Cc = B.reshape(bsz, nc, 1, L, N), C.reshape(bsz, nc, 1, L, N)
+    Bc, Cc = Bc.transpose(1, 2), Cc.transpose(1, 2)  # [B, 1, c, L, N]
+    cum = la.cumsum(-1)  # log-decay from the chunk's start to each step: chunk-local, bounded
+    # (1) inside the chunk: M_tr = (C_t . B_r) exp(cum_t - cum_r) s_r for r <= t (eq-ssd-mask)
+    M = (Cc @ Bc.transpose(-1, -2)) * torch.exp(segment_sums(cum))  # [B, H, c, L, L]
+    if sc is not None:
+        M = M * sc.unsqueeze(-2)
+    if D is not None:  # the skip D x_t sits on the diagonal
+        M = M + torch.diag_embed(D.reshape(1, H, 1, 1).expand(bsz, H, nc, L))
+    # (2) each chunk's own state at its end: sum_r exp(cum_L - cum_r) s_r x_r B_r^T
+    w = torch.exp(cum[..., -1:] - cum)
+    w = (w if sc is None else w * sc).unsqueeze(-1) * Bc  # [B, H, c, L, N]
+    states = xc.transpose(-1, -2) @ w  # [B, H, c, P, N]
+    # (3) T / L sequential passes: the state entering each chunk
+    chunk_decay = torch.exp(cum[..., -1]).unsqueeze(-1).unsqueeze(-1).unbind(2)  # c x [B, H, 1, 1]
+    h = x.new_zeros(bsz, H, P, N) if h0 is None else h0
+    starts = []
+    for decay_c, state_c in zip(chunk_decay, states.unbind(2)):
+        starts.append(h)
+        h = torch.addcmul(state_c, decay_c, h)  # h_end = a_chunk h_start + the chunk's own state
+    S = torch.stack(starts, 2)  # [B, H, c, P, N]
+    # (4) y = M x + exp(cum_t) C_t . h_start
+    y = torch.exp(cum).unsqueeze(-1) * Cc @ S.transpose(-1, -2) + M @ xc  # [B, H, c, L, P]
+    y = y.permute(0, 2, 3, 1, 4).reshape(bsz, nc * L, H, P)
+    return (y[:, :T] if pad else y), h
 
 
 def selective_scan(
@@ -89,37 +115,33 @@ def selective_scan(
     h0: torch.Tensor | None = None,
     chunk_len: int = 16,
 ) -> torch.Tensor:
-    """Selective state-space recurrence (eq-ssm), batched over batch, channels and states.
+    """Selective state-space recurrence (eq-ssm), chunked and parallel over time (eq-ssd-chunk).
 
-    ``h_t = exp(delta_t A) * h_{t-1} + delta_t B_t u_t``,  ``y_t = C_t . h_t + D * u_t``
-    (zero-order hold for A, Euler for B, as in Mamba), per channel d and state n. The backward
-    pass is the reverse recurrence written out (eq-ssm-adjoint), recomputing the states chunk by
-    chunk, so memory is O(B d N (T / chunk_len + chunk_len)) instead of O(B d N T).
+    ``h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t^T``, ``y_t = h_t C_t + D u_t`` per head, with
+    one scalar decay per head (Mamba-2's A = a I); the heads' P channels share delta, B and C.
 
     Args:
-        u: inputs `[B, T, d]`.
-        delta: step sizes `[B, T, d]` (> 0).
-        A: diagonal state matrix `[d, N]` (negative entries).
+        u: inputs `[B, T, H, P]`.
+        delta: step sizes `[B, T, H]` (> 0).
+        A: per-head state decay rates `[H]` (< 0).
         B, C: input and output projections `[B, T, N]`.
-        D: skip `[d]` or None.
-        h0: initial state `[B, d, N]` or None (zeros).
-        chunk_len: time steps per recomputed chunk.
+        D: skip `[H]` or None.
+        h0: initial state `[B, H, P, N]` or None (zeros).
+        chunk_len: steps per chunk.
 
     Returns:
-        y `[B, T, d]`.
+        y `[B, T, H, P]`.
     """
-    bsz, T, d = u.shape
-    if h0 is None:
-        h0 = u.new_zeros(bsz, d, A.shape[1])
-    y, _ = _SelectiveScan.apply(u, delta, A, B, C, h0, chunk_len)
-    return y if D is None else y + u * D
+    y, _ = ssd_scan(u, delta * A, B, C, scale=delta, D=D, h0=h0, chunk_len=chunk_len)
+    return y
 
 
 class SelectiveSSM(nn.Module):
-    """A Mamba block (Gu & Dao 2023) around `selective_scan` (eq-ssm).
+    """A Mamba-2 block (Dao & Gu 2024) around `selective_scan` (eq-ssm).
 
-    ``[u, z] = W_in x;  u = SiLU(causal_conv(u));  delta = softplus(W_dt W_x u);  B_t, C_t = W_x u;``
-    ``y = selective_scan(u, delta, A, B, C, D) * SiLU(z);  out = W_out y``.
+    ``[u, z] = W_in x;  u = SiLU(causal_conv(u));  [delta~, B_t, C_t] = W_x u;  delta = softplus(delta~ + b);``
+    ``y = selective_scan(u, delta, A, B, C, D) * SiLU(z);  out = W_out y`` with `n_heads` heads of
+    ``expand * d_model / n_heads`` channels.
 
     Shapes: `[B, T, d_model]` -> `[B, T, d_model]`; causal in time.
     """
@@ -129,6 +151,7 @@ class SelectiveSSM(nn.Module):
         d_model: int,
         d_state: int = 8,
         expand: int = 2,
+        n_heads: int = 1,
         conv_kernel: int = 4,
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
@@ -136,63 +159,72 @@ class SelectiveSSM(nn.Module):
     ) -> None:
         super().__init__()
         d_inner = expand * d_model
-        self.d_state, self.chunk_len = d_state, chunk_len
-        self.dt_rank = math.ceil(d_model / 16)
+        if d_inner % n_heads:
+            raise ValueError(f"n_heads must divide expand * d_model = {d_inner}; got {n_heads}")
+        self.d_state, self.n_heads, self.chunk_len = d_state, n_heads, chunk_len
+        self.head_dim = d_inner // n_heads
         self.in_proj = nn.Linear(d_model, 2 * d_inner)
         self.conv = nn.Conv1d(d_inner, d_inner, conv_kernel, groups=d_inner, padding=conv_kernel - 1)
-        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, d_inner)
-        dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        with torch.no_grad():
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) = dt
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1.0)).repeat(d_inner, 1))
-        self.D = nn.Parameter(torch.ones(d_inner))
+        self.x_proj = nn.Linear(d_inner, n_heads + 2 * d_state, bias=False)
+        dt = torch.exp(torch.rand(n_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
+        self.A_log = nn.Parameter(torch.linspace(0.0, math.log(16.0), n_heads))  # A in [-16, -1]
+        self.D = nn.Parameter(torch.ones(n_heads))
         self.out_proj = nn.Linear(d_inner, d_model)
 
     def ssm_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The selective parameters for input `x` `[B, T, d_model]`: u, delta `[B, T, d_inner]`,
-        A `[d_inner, N]`, B, C `[B, T, N]`, D `[d_inner]`, gate z `[B, T, d_inner]`."""
-        T = x.shape[1]
+        """The selective parameters for input `x` `[B, T, d_model]`: u `[B, T, H, P]`, delta
+        `[B, T, H]`, A `[H]`, B, C `[B, T, N]`, D `[H]`, gate z `[B, T, H, P]`."""
+        bsz, T, _ = x.shape
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u = F.silu(self.conv(u.transpose(1, 2))[..., :T].transpose(1, 2))  # causal: left context only
-        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt))
-        return {"u": u, "delta": delta, "A": -torch.exp(self.A_log), "B": B, "C": C, "D": self.D, "z": z}
+        dt, B, C = self.x_proj(u).split([self.n_heads, self.d_state, self.d_state], dim=-1)
+        shape = (bsz, T, self.n_heads, self.head_dim)
+        return {"u": u.reshape(shape), "delta": F.softplus(dt + self.dt_bias), "A": -torch.exp(self.A_log),
+                "B": B, "C": C, "D": self.D, "z": z.reshape(shape)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.ssm_inputs(x)
         y = selective_scan(p["u"], p["delta"], p["A"], p["B"], p["C"], p["D"], chunk_len=self.chunk_len)
-        return self.out_proj(y * F.silu(p["z"]))
+        return self.out_proj((y * F.silu(p["z"])).flatten(2))
 
 
 class LiquidCell(nn.Module):
-    """Liquid time-constant cell (Hasani et al. 2021), fused solver step (eq-ltc).
+    """Liquid time-constant cell in closed form (eq-cfc).
 
-    ``f_t = sigmoid(W_in I_t + W_rec x_t + b)``;
-    ``x_{t+dt} = (x_t + dt f_t * A) / (1 + dt (1 / tau + f_t))``, ``tau = softplus(.) > 0``.
+    ``f_t = sigmoid(W_in I_t + b)``, ``k_t = 1 / tau + f_t``, ``x_eq,t = f_t A / k_t``;
+    ``x_t = exp(-k_t dt_t) x_{t-1} + (1 - exp(-k_t dt_t)) x_eq,t``: the exact solution of the LTC ODE
+    over a step with the input held (Hasani et al. 2022). Everything but the last line is computed
+    for all steps at once; the recurrence itself is one fused multiply-add of a `[B, hidden_dim]`
+    state per step (a scalar decay per unit: an [L, L] chunked form would do L times the work).
 
     Shapes: inputs `[B, T, input_dim]`, dt `[B, T]` or None (unit steps) -> states `[B, T, hidden_dim]`.
     """
 
-    def __init__(self, input_dim: int, hidden_dim: int, ode_unfolds: int = 1) -> None:
+    def __init__(self, input_dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.hidden_dim, self.ode_unfolds = hidden_dim, ode_unfolds
+        self.hidden_dim = hidden_dim
         self.w_in = nn.Linear(input_dim, hidden_dim)
-        self.w_rec = nn.Linear(hidden_dim, hidden_dim, bias=False)
         self.tau_raw = nn.Parameter(torch.zeros(hidden_dim))
         self.A = nn.Parameter(torch.empty(hidden_dim).uniform_(-1, 1))
 
+    def step_terms(
+        self, inputs: torch.Tensor, dt: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-step decay ``exp(-k_t dt_t)`` and drive ``(1 - exp(-k_t dt_t)) x_eq,t``, each
+        `[B, T, hidden_dim]`, for all steps at once."""
+        f = torch.sigmoid(self.w_in(inputs))
+        k = 1 / (F.softplus(self.tau_raw) + 1e-3) + f
+        step = inputs.new_ones(inputs.shape[:2]) if dt is None else dt
+        log_a = -k * step.unsqueeze(-1)
+        return torch.exp(log_a), -torch.expm1(log_a) * f * self.A / k
+
     def forward(self, inputs: torch.Tensor, dt: torch.Tensor | None = None) -> torch.Tensor:
-        bsz, T, _ = inputs.shape
-        pre = self.w_in(inputs)  # [B, T, H]
-        inv_tau = 1 / (F.softplus(self.tau_raw) + 1e-3)
-        x = inputs.new_zeros(bsz, self.hidden_dim)
+        decay, drive = self.step_terms(inputs, dt)
+        x = inputs.new_zeros(inputs.shape[0], self.hidden_dim)
         states = []
-        for t in range(T):
-            step = (inputs.new_ones(bsz, 1) if dt is None else dt[:, t : t + 1]) / self.ode_unfolds
-            for _ in range(self.ode_unfolds):
-                f = torch.sigmoid(pre[:, t] + self.w_rec(x))
-                x = (x + step * f * self.A) / (1 + step * (inv_tau + f))
+        for a_t, b_t in zip(decay.unbind(1), drive.unbind(1)):  # unbind: one backward node, not T
+            x = torch.addcmul(b_t, a_t, x)  # x_t = a_t x_{t-1} + b_t
             states.append(x)
         return torch.stack(states, dim=1)
 
@@ -235,10 +267,10 @@ class PatchCausalTransformer(nn.Module):
 class TemporalExpert(SharedExpert):
     """Temporal expert: selective SSM + liquid cell + causal Transformer, fused (the posts' ensemble).
 
-    * transaction sequence `[B, T1, txn_dim]` -> linear embedding -> (a) a Mamba block
-      (eq-ssm), summary = last step and mean over steps; (b) a patch Transformer with causal mask
+    * transaction sequence `[B, T1, txn_dim]` -> linear embedding -> (a) a Mamba-2 block
+      (eq-ssm, run in chunks: eq-ssd-chunk), summary = last step and mean over steps; (b) a patch Transformer with causal mask
       (eq-causal-attention), summary = last patch;
-    * session sequence `[B, T2, session_dim]` -> liquid time-constant cell (eq-ltc), summary = last
+    * session sequence `[B, T2, session_dim]` -> liquid time-constant cell in closed form (eq-cfc), summary = last
       state (column `session_dt_index` of the sessions, if given, is the step dt);
     * ``out = MLP([ssm_last || ssm_mean || attention || ltc])`` -> `[B, out_dim]`. A missing sequence gives zero
       summaries for its branches; both missing gives zeros `[B, out_dim]`.
@@ -259,13 +291,14 @@ class TemporalExpert(SharedExpert):
         out_dim: int = 64,
         session_dt_index: int | None = None,
         chunk_len: int = 16,
+        ssm_heads: int = 1,
     ) -> None:
         super().__init__()
         self.txn_dim, self.session_dim, self.out_dim = txn_dim, session_dim, out_dim
         self.d_model, self.ltc_hidden, self.session_dt_index = d_model, ltc_hidden, session_dt_index
         self.txn_embed = nn.Linear(txn_dim, d_model)
         self.ssm_norm = nn.LayerNorm(d_model)
-        self.ssm = SelectiveSSM(d_model, d_state, expand, chunk_len=chunk_len)
+        self.ssm = SelectiveSSM(d_model, d_state, expand, ssm_heads, chunk_len=chunk_len)
         self.ssm_out = nn.LayerNorm(d_model)
         self.attention = PatchCausalTransformer(d_model, patch_len, n_heads, ff_dim)
         self.ltc = LiquidCell(session_dim, ltc_hidden)
