@@ -269,3 +269,66 @@ def test_bad_arguments(kwargs, match):
 def test_count_arguments_raise_hyperparameter_error():
     with pytest.raises(HyperparameterError, match="n_customers must be an int >= 1; got True"):
         W.generate(True)
+
+
+PLANTED = (("engagement", "spending_bucket", 1), ("ltv", "balance_util", -1))
+
+
+def test_planted_pairs_off_is_the_default_world(world):
+    off = W.generate(N, seed=3, planted_pairs=())
+    for t in TASK_NAMES:
+        np.testing.assert_array_equal(off.labels[t], world.labels[t])
+    np.testing.assert_array_equal(off.features, world.features)
+    assert off.params.planted_directions == {}
+
+
+def test_planted_pairs_move_the_pairs_apart_or_together(world, pred):
+    on = W.generate(N, seed=3, planted_pairs=PLANTED, planted_strength=2.0)
+    p_on = W.oracle(on)
+    for a, b, s in PLANTED:
+        d = on.params.planted_directions[(a, b)]
+        assert d.shape == (34,) and np.isclose(np.linalg.norm(d), 1.0)
+        before = np.corrcoef(pred[a], pred[b])[0, 1]
+        after = np.corrcoef(p_on[a], p_on[b])[0, 1]
+        assert s * (after - before) > 0.2, (a, b, before, after)
+        label_after = np.corrcoef(on.labels[a], on.labels[b])[0, 1]
+        assert s * label_after > 0.1, (a, b, label_after)
+    # the inputs and the tasks outside the pairs are untouched
+    np.testing.assert_array_equal(on.features, world.features)
+    np.testing.assert_array_equal(on.labels["nba"], world.labels["nba"])
+    np.testing.assert_array_equal(on.labels["churn"], world.labels["churn"])
+
+
+def test_planted_retention_uses_the_sign_of_its_score():
+    on = W.generate(N, seed=3, planted_pairs=(("churn", "retention", -1),), planted_strength=2.0)
+    base = W.generate(N, seed=3)
+    # conflict: churn up means retention down; planted on top of the chain they already share
+    c_on = np.corrcoef(W.oracle(on)["churn"], W.oracle(on)["retention"])[0, 1]
+    assert c_on < -0.9 and W.PLANTABLE_TASKS["retention"] == ("lapse", -1)
+    assert not np.array_equal(on.params.scalar["lapse"]["lin"], base.params.scalar["lapse"]["lin"])
+
+
+def test_planted_pairs_survive_save_and_load(tmp_path):
+    out = tmp_path / "p"
+    W.generate(1100, seed=7, out_dir=str(out), planted_pairs=PLANTED)
+    loaded = W.load_world(str(out))
+    assert loaded.config.planted_pairs == PLANTED
+    m = W.generate(1100, seed=7, planted_pairs=PLANTED)
+    assert loaded.config == m.config
+
+
+@pytest.mark.parametrize("pairs, match", [
+    ((("ctr", "nba", 1),), r"planted_pairs\[0\] = \('ctr', 'nba', 1\); expected \(task_a, task_b, sign\)"),
+    ((("ctr", "ctr", 1),), r"planted_pairs\[0\]"),
+    ((("ctr", "churn", 0),), r"sign \+1 \(synergy\) or -1 \(conflict\)"),
+    ((("ctr", "churn", 1), ("churn", "ctr", -1)), r"planted_pairs\[1\] = .* repeats the pair"),
+    ("ctr", "planted_pairs must be a tuple"),
+])
+def test_planted_pairs_bad_values(pairs, match):
+    with pytest.raises(ValueError, match=match):
+        W.make_config("ci", planted_pairs=pairs)
+
+
+def test_planted_strength_bad_value():
+    with pytest.raises(ValueError, match="planted_strength must be a finite number >= 0; got -1"):
+        W.make_config("ci", planted_pairs=PLANTED, planted_strength=-1.0)

@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['FEATURE_DIM', 'NUM_CATEGORIES', 'NUM_BRANDS', 'BLOCK_SIZE', 'FEATURE_BLOCKS', 'SIGNAL_BLOCKS', 'SEGMENT_DIMS', 'LINEAR_BLOCK', 'STATE_NAMES', 'TXN_CHANNELS', 'SESSION_CHANNELS', 'PROFILES', 'PROFILE_SIZES', 'WorldConfig', 'make_config', 'sample_markov_chain', 'gaussian_state_loglik', 'hmm_filter', 'h0_persistence', 'count_prominent_peaks', 'HMM_INIT', 'HMM_TRANS', 'SIGNAL_INFO', 'signal_tasks', 'WorldParams', 'causal_mechanism', 'interaction_aggregates', 'histogram_probabilities', 'raw_signals', 'segment_posterior', 'regime_loglik', 'regime_posteriors', 'brand_within_category', 'label_distributions', 'make_params', 'CustomerWorld', 'generate', 'load_world', 'observed_signals', 'posteriors', 'oracle', 'tabular_inputs']
+__all__ = ['FEATURE_DIM', 'NUM_CATEGORIES', 'NUM_BRANDS', 'BLOCK_SIZE', 'FEATURE_BLOCKS', 'SIGNAL_BLOCKS', 'SEGMENT_DIMS', 'LINEAR_BLOCK', 'STATE_NAMES', 'TXN_CHANNELS', 'SESSION_CHANNELS', 'PROFILES', 'PROFILE_SIZES', 'WorldConfig', 'make_config', 'PLANTABLE_TASKS', 'check_planted_pairs', 'sample_markov_chain', 'gaussian_state_loglik', 'hmm_filter', 'h0_persistence', 'count_prominent_peaks', 'HMM_INIT', 'HMM_TRANS', 'SIGNAL_INFO', 'signal_tasks', 'WorldParams', 'causal_mechanism', 'interaction_aggregates', 'histogram_probabilities', 'raw_signals', 'segment_posterior', 'regime_loglik', 'regime_posteriors', 'brand_within_category', 'label_distributions', 'plant_pairs', 'make_params', 'CustomerWorld', 'generate', 'load_world', 'observed_signals', 'posteriors', 'oracle', 'tabular_inputs']
 
 import json
 import math
@@ -107,6 +107,8 @@ class WorldConfig:
     signal_strength: float = 1.0     # 0 makes every label independent of every input
     segment_decision_shift: float = 0.0  # > 0 lets the segment move the decision function
     task_correlation: float = 0.7    # cosine of a task's linear weights with its group's
+    planted_pairs: tuple = ()        # ((task_a, task_b, sign), ...): a shared direction, sign +1 / -1
+    planted_strength: float = 1.0    # its loading, relative to each task's linear weights' norm
 
     @property
     def steps_per_month(self) -> int:
@@ -160,7 +162,42 @@ def make_config(profile: str = "ci", **overrides) -> WorldConfig:
                          f"{cfg.signal_strength}, {cfg.segment_decision_shift}")
     if not 0.1 < cfg.perslay_threshold < 0.4:
         raise ValueError(f"perslay_threshold must be in (0.1, 0.4); got {cfg.perslay_threshold}")
-    return cfg
+    return replace(cfg, planted_pairs=check_planted_pairs(cfg.planted_pairs, cfg.planted_strength))
+
+
+# Tasks whose label is monotone in one scalar score: task -> (score, sign of the label in it).
+# Retention falls with the lapse score; CVR rises with the conversion score (and with CTR's).
+PLANTABLE_TASKS: dict[str, tuple[str, int]] = {
+    "ctr": ("ctr", 1), "cvr": ("conversion", 1), "engagement": ("engagement", 1), "uplift": ("uplift", 1),
+    "churn": ("churn", 1), "retention": ("lapse", -1), "ltv": ("ltv", 1), "balance_util": ("balance_util", 1),
+    "spending_bucket": ("spending_bucket", 1), "merchant_affinity": ("merchant_affinity", 1),
+}
+
+
+def check_planted_pairs(pairs, strength: float = 1.0) -> tuple[tuple[str, str, int], ...]:
+    """`planted_pairs` as a tuple of (task_a, task_b, sign) with sign +1 (synergy) or -1
+    (conflict), tasks from PLANTABLE_TASKS, a != b, each pair at most once; ValueError naming
+    the bad entry otherwise (lists, e.g. from JSON, are accepted)."""
+    if not (isinstance(strength, (int, float)) and not isinstance(strength, bool) and math.isfinite(strength)
+            and strength >= 0):
+        raise ValueError(f"planted_strength must be a finite number >= 0; got {strength!r}")
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, (tuple, list)):
+        raise ValueError(f"planted_pairs must be a tuple of (task_a, task_b, sign); got {pairs!r}")
+    out, seen = [], set()
+    for i, p in enumerate(pairs):
+        ok = isinstance(p, (tuple, list)) and len(p) == 3
+        if ok:
+            a, b, s = p
+            ok = (a in PLANTABLE_TASKS and b in PLANTABLE_TASKS and a != b and s in (1, -1)
+                  and not isinstance(s, bool))
+        if not ok:
+            raise ValueError(f"planted_pairs[{i}] = {p!r}; expected (task_a, task_b, sign) with two different "
+                             f"tasks of {sorted(PLANTABLE_TASKS)} and sign +1 (synergy) or -1 (conflict)")
+        if frozenset((a, b)) in seen:
+            raise ValueError(f"planted_pairs[{i}] = {p!r} repeats the pair ({a}, {b})")
+        seen.add(frozenset((a, b)))
+        out.append((str(a), str(b), int(s)))
+    return tuple(out)
 
 
 def sample_markov_chain(u: np.ndarray, init: np.ndarray, trans: np.ndarray) -> np.ndarray:
@@ -418,7 +455,8 @@ class WorldParams:
     The oracle reads only these and the observed inputs. Segment means live on SEGMENT_DIMS;
     `scalar` / `vector` hold each score's coefficients (keys lin, sig, reg, seg, bias, noise);
     `signal_mean` / `signal_std` standardise the raw signals; `logpcvr_mean` / `logpcvr_std`
-    standardise log P(cvr) for the CVR -> LTV dependence.
+    standardise log P(cvr) for the CVR -> LTV dependence. `planted_directions` holds the
+    direction of each planted task pair (`WorldConfig.planted_pairs`).
     """
 
     config: WorldConfig
@@ -449,6 +487,7 @@ class WorldParams:
     hist_mean_std: float = 1.0
     logpcvr_mean: float = 0.0
     logpcvr_std: float = 1.0
+    planted_directions: dict | None = None  # (task_a, task_b) -> unit direction d [34] (eq-world-planted)
 
 
 def _structural_params(cfg: WorldConfig, seed: int) -> WorldParams:
@@ -899,11 +938,32 @@ def _sd(x: np.ndarray) -> float:
     return sd if sd > 1e-12 else 1.0
 
 
+def plant_pairs(prm: WorldParams, seed: int) -> dict[tuple[str, str], np.ndarray]:
+    """Add the planted task pairs to the linear weights, in place (eq-world-planted):
+    w_a += lambda ||w_a|| c_a d and w_b += lambda ||w_b|| c_b s d, with d a unit direction of the
+    RFM block drawn per pair from its own seed stream (nothing else drawn changes), s the pair's
+    sign and c the sign of each label in its score (PLANTABLE_TASKS). Returns {(a, b): d}."""
+    cfg = prm.config
+    dirs = {}
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,)))
+    for a, b, s in cfg.planted_pairs:
+        d = rng.standard_normal(prm.scalar["ctr"]["lin"].shape[0])
+        d /= np.linalg.norm(d)
+        for task, sign in ((a, 1), (b, s)):
+            score, c = PLANTABLE_TASKS[task]
+            w = prm.scalar[score]["lin"]
+            prm.scalar[score]["lin"] = w + cfg.planted_strength * np.linalg.norm(w) * c * sign * d
+        dirs[(a, b)] = d
+    prm.planted_directions = dirs
+    return dirs
+
+
 def make_params(config: WorldConfig, seed: int) -> WorldParams:
     """True parameters of the world: structural draws from `seed`, then standardisations and
     funnel intercepts fixed on PILOT_SIZE customers simulated from their own seed stream (so they
     do not depend on N or on chunking)."""
     prm = _structural_params(config, seed)
+    plant_pairs(prm, seed)
     rngs = [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, i)))
             for i in range(PILOT_SIZE // BLOCK_SIZE)]
     sim = _simulate(_draw(rngs, config), prm)
@@ -1188,7 +1248,8 @@ def load_world(out_dir: str) -> CustomerWorld:
     if not meta_path.is_file():
         raise ValueError(f"{out_dir} holds no world.json; expected a directory written by generate")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    cfg = WorldConfig(**meta["config"])
+    cfg = WorldConfig(**{**meta["config"], "planted_pairs": check_planted_pairs(
+        meta["config"].get("planted_pairs", ()), meta["config"].get("planted_strength", 1.0))})
     prm = make_params(cfg, meta["seed"])
 
     def load(name):
