@@ -222,6 +222,8 @@ class ModeHMM:
         n_states: hidden states (<= 10).
         step_days: the sequence's step in days (default `MODE_STEP_DAYS[mode]`).
         n_iter, seed: Baum-Welch iterations and random state for hmmlearn.
+        n_restarts: Baum-Welch runs from k-means starts with random states seed, seed + 1, ...;
+            the run with the highest log-likelihood is kept (EM finds a local maximum only).
     """
 
     def __init__(
@@ -233,6 +235,7 @@ class ModeHMM:
         seed: int = 0,
         horizon_steps: float = 3.0,
         max_fit_sequences: int | None = 400,
+        n_restarts: int = 1,
     ) -> None:
         self.mode = check_choice("mode", mode, HMM_MODES)
         self.n_states = check_int("n_states", n_states, 2, NUM_STATE_DIMS)
@@ -242,6 +245,7 @@ class ModeHMM:
         self.horizon_steps = check_float("horizon_steps", horizon_steps, 0.0, low_open=True)
         self.max_fit_sequences = None if max_fit_sequences is None else check_int(
             "max_fit_sequences", max_fit_sequences, 1)
+        self.n_restarts = check_int("n_restarts", n_restarts, 1)
 
     def fit(self, obs: np.ndarray, valid: np.ndarray | None = None) -> ModeHMM:
         """Baum-Welch (hmmlearn) on the valid customers' sequences. obs: [N, T, D]; valid: bool [N].
@@ -262,20 +266,26 @@ class ModeHMM:
             rows = rows[np.sort(rng.choice(len(rows), self.max_fit_sequences, replace=False))]
         N, T, D = rows.shape
         X = rows.reshape(N * T, D)
-        model = GaussianHMM(
-            n_components=self.n_states, covariance_type="diag", n_iter=self.n_iter,
-            random_state=self.seed, tol=1e-4, implementation="scaling", init_params="st",
-        )
+        best, best_loglik = None, -np.inf
         # one BLAS / OpenMP thread: hmmlearn loops over short sequences, where threads only add overhead
         with threadpool_limits(limits=1):
-            km = KMeans(self.n_states, n_init=4, random_state=self.seed).fit(X)
-            model.means_ = km.cluster_centers_
-            model.covars_ = np.stack(
-                [X[km.labels_ == s].var(0) if (km.labels_ == s).sum() > 1 else X.var(0)
-                 for s in range(self.n_states)]
-            ) + 1e-3
-            model.fit(X, lengths=[T] * N)
-        self.model_ = self._sorted(model)
+            for state in range(self.seed, self.seed + self.n_restarts):
+                model = GaussianHMM(
+                    n_components=self.n_states, covariance_type="diag", n_iter=self.n_iter,
+                    random_state=state, tol=1e-4, implementation="scaling", init_params="st",
+                )
+                km = KMeans(self.n_states, n_init=4, random_state=state).fit(X)
+                model.means_ = km.cluster_centers_
+                model.covars_ = np.stack(
+                    [X[km.labels_ == s].var(0) if (km.labels_ == s).sum() > 1 else X.var(0)
+                     for s in range(self.n_states)]
+                ) + 1e-3
+                model.fit(X, lengths=[T] * N)
+                loglik = model.monitor_.history[-1]  # log P(O) at the last Baum-Welch step
+                if loglik > best_loglik:
+                    best, best_loglik = model, loglik
+        self.log_likelihood_ = float(best_loglik)
+        self.model_ = self._sorted(best)
         self.state_score_ = self._score(self.model_.means_)
         self.generator_ = generator_from_transmat(self.model_.transmat_, self.step_days)
         return self

@@ -76,6 +76,15 @@ def test_filter_is_the_worlds_with_this_models_emissions(fitted):
     assert np.allclose(filtered_posteriors(hmm, obs), ref, atol=1e-12)
 
 
+def test_restarts_keep_the_most_likely_fit():
+    obs, _, _ = _sample(n=60, seed=3)
+    single = [ModeHMM("journey", 3, n_iter=10, seed=s).fit(obs).log_likelihood_ for s in range(3)]
+    best = ModeHMM("journey", 3, n_iter=10, seed=0, n_restarts=3).fit(obs)
+    assert best.log_likelihood_ == pytest.approx(max(single), rel=1e-12)
+    with pytest.raises(HyperparameterError, match="n_restarts must be an int >= 1; got 0"):
+        ModeHMM("journey", 3, n_restarts=0)
+
+
 def test_recovers_planted_states(fitted):
     model, obs, z, _ = fitted
     acc, mapping = match_states(z, model.posteriors(obs).argmax(-1))
