@@ -26,7 +26,7 @@ from ple.experts.lightgcn import (
     propagate,
 )
 from ple.experts.optimal_transport import OptimalTransportExpert, sinkhorn_log
-from ple.experts.perslay import PersLayExpert, persistence_diagrams, sublevel_h0
+from ple.experts.perslay import PersLayExpert, persistence_diagrams
 from ple.experts.pool import ExpertInputs, ExpertPool, ExpertPoolConfig, build_expert
 from ple.experts.temporal import TemporalExpert
 from ple.tasks import EXPERT_DIMS, EXPERT_NAMES
@@ -303,14 +303,15 @@ def _h0_bruteforce(f):
     return sorted(p for p in pairs if p[1] > p[0])
 
 
-def test_sublevel_h0_matches_bruteforce():
+def test_persistence_diagrams_hold_the_bruteforce_pairs():
     sig = np.round(np.random.default_rng(1).normal(size=(25, 11)), 1)
-    b, d, v = sublevel_h0(sig)
+    dg, mk = persistence_diagrams(sig[:, :, None], max_points=11, superlevel=False)
+    sig = (sig - sig.mean(1, keepdims=True)) / (sig.std(1, keepdims=True) + 1e-8)  # as the diagrams see it
     for i in range(len(sig)):
-        keep = v[i] & (d[i] > b[i])
-        assert np.allclose(sorted(zip(b[i][keep], d[i][keep])), _h0_bruteforce(sig[i]))
+        got = sorted(map(tuple, dg[i, mk[i], :2].astype(np.float64).round(4)))
+        assert got == [tuple(np.round(p, 4)) for p in _h0_bruteforce(sig[i])]
     with pytest.raises(ValueError, match="NaN"):
-        sublevel_h0(np.array([[0.0, np.nan]]))
+        persistence_diagrams(np.array([[[0.0], [np.nan]]]))
 
 
 def test_persistence_diagrams_shapes():

@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['sublevel_h0', 'persistence_diagrams', 'PersLayExpert']
+__all__ = ['persistence_diagrams', 'PersLayExpert']
 
 from collections.abc import Sequence
 
@@ -15,61 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ple.checks import check_tensor
+from ple.data.world import h0_persistence
 from ple.experts.base import SharedExpert
 from ple.layers import MLP
-
-
-def sublevel_h0(signals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """H0 persistence of the sublevel-set filtration of 1-D signals (eq-elder-rule).
-
-    Union–find on the path graph, vectorised over the batch: vertices enter in increasing value
-    (ties by position); a vertex with no active neighbour starts a component; one that joins two
-    components kills the younger (larger birth) at its own value. The essential component of the
-    global minimum is paired with the signal's maximum.
-
-    Args:
-        signals: `[B, T]` float.
-
-    Returns:
-        births `[B, T]`, deaths `[B, T]`, valid `[B, T]` bool; slot k holds the pair that died
-        when the k-th smallest vertex entered (slot 0: the essential pair).
-    """
-    x = np.asarray(signals, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] < 1:
-        raise ValueError(f"signals has shape {list(x.shape)}; expected [B, T] with T >= 1")
-    if not np.isfinite(x).all():
-        raise ValueError("signals contains NaN or inf")
-    nb, T = x.shape
-    rows = np.arange(nb)
-    order = np.argsort(x, axis=1, kind="stable")
-    # positions 1..T are the vertices; 0 and T + 1 are inactive sentinels
-    active = np.zeros((nb, T + 2), dtype=bool)
-    left_end = np.tile(np.arange(T + 2), (nb, 1))  # at an interval's right end: its left end
-    right_end = left_end.copy()  # at an interval's left end: its right end
-    birth = np.full((nb, T + 2), np.inf)  # at both ends of an interval: its birth value
-    births = np.zeros((nb, T))
-    deaths = np.zeros((nb, T))
-    valid = np.zeros((nb, T), dtype=bool)
-    for k in range(T):
-        p = order[:, k] + 1
-        v = x[rows, p - 1]
-        la, ra = active[rows, p - 1], active[rows, p + 1]
-        lo = np.where(la, left_end[rows, p - 1], p)
-        hi = np.where(ra, right_end[rows, p + 1], p)
-        bl = np.where(la, birth[rows, p - 1], np.inf)
-        br = np.where(ra, birth[rows, p + 1], np.inf)
-        both = la & ra
-        births[:, k] = np.where(both, np.maximum(bl, br), 0.0)  # the younger component dies
-        deaths[:, k] = np.where(both, v, 0.0)
-        valid[:, k] = both
-        new_birth = np.where(la | ra, np.minimum(bl, br), v)
-        active[rows, p] = True
-        right_end[rows, lo] = hi
-        left_end[rows, hi] = lo
-        birth[rows, lo] = new_birth
-        birth[rows, hi] = new_birth
-    births[:, 0], deaths[:, 0], valid[:, 0] = x.min(1), x.max(1), True
-    return births, deaths, valid
 
 
 def persistence_diagrams(
@@ -77,8 +25,9 @@ def persistence_diagrams(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Padded H0 diagrams of every channel of `sequences`.
 
-    Each channel is standardised per customer (so diagrams compare shapes, not scales); the
-    sublevel filtration of f and, if `superlevel`, of -f (peaks) are taken, giving channel ids
+    Each channel is standardised per customer (so diagrams compare shapes, not scales); the H0
+    pairs (eq-elder-rule, `ple.data.world.h0_persistence`) of the sublevel filtration of f and,
+    if `superlevel`, of -f (peaks) are taken, giving channel ids
     0..C-1 and C..2C-1. Pairs with zero persistence are dropped; each customer keeps its
     `max_points` most persistent points.
 
@@ -97,7 +46,10 @@ def persistence_diagrams(
     b_all, d_all, c_all, v_all = [], [], [], []
     for si, sign in enumerate(signs):
         for c in range(C):
-            b, d, v = sublevel_h0(sign * z[:, :, c])
+            # H0 of the sublevel filtration of f: chapter 00's superlevel H0 of -f, negated
+            neg_b, neg_d = h0_persistence(-sign * z[:, :, c])
+            v = ~np.isnan(neg_b)
+            b, d = -np.nan_to_num(neg_b), -np.nan_to_num(neg_d)
             b_all.append(b)
             d_all.append(d)
             c_all.append(np.full_like(b, si * C + c))
