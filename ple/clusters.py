@@ -12,12 +12,20 @@ import torch
 from sklearn.mixture import GaussianMixture
 from torch import nn
 
+from ple.checks import (
+    InputTypeError,
+    NonFiniteError,
+    ShapeError,
+    check_choice,
+    check_finite,
+    check_float,
+    check_int,
+    shape_str,
+    validation_enabled,
+)
+
 NUM_CLUSTERS = 20
 CLUSTER_DIM = 32
-
-
-def _shape(t) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
 class GMMClusterRouter:
@@ -37,11 +45,11 @@ class GMMClusterRouter:
         n_init: int = 1,
         seed: int = 0,
     ):
-        if num_clusters < 1:
-            raise ValueError(f"num_clusters must be >= 1; got {num_clusters}")
-        if covariance_type not in ("full", "tied", "diag", "spherical"):
-            raise ValueError(f"covariance_type must be full / tied / diag / spherical; got {covariance_type!r}")
-        self.num_clusters = int(num_clusters)
+        self.num_clusters = check_int("num_clusters", num_clusters, 1)
+        check_choice("covariance_type", covariance_type, ("full", "tied", "diag", "spherical"))
+        reg_covar = check_float("reg_covar", reg_covar, 0.0, low_open=True)
+        max_iter, n_init = check_int("max_iter", max_iter, 1), check_int("n_init", n_init, 1)
+        seed = check_int("seed", seed, 0)
         self.gmm = GaussianMixture(
             n_components=num_clusters, covariance_type=covariance_type, reg_covar=reg_covar,
             max_iter=max_iter, n_init=n_init, random_state=seed,
@@ -52,14 +60,14 @@ class GMMClusterRouter:
     def _check(self, x, fitted: bool = True) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2:
-            raise ValueError(f"x has shape {_shape(x)}; expected [N, D]")
+            raise ShapeError(f"x has shape {shape_str(x)}; expected [N, D]")
         if not np.isfinite(x).all():
-            raise ValueError("x contains NaN or inf")
+            raise NonFiniteError(f"x contains NaN or inf ({int((~np.isfinite(x)).sum())} entries)")
         if fitted:
             if self.mean_ is None:
                 raise ValueError("GMMClusterRouter is not fitted: call fit(x) first")
             if x.shape[1] != self.mean_.shape[0]:
-                raise ValueError(f"x has shape {_shape(x)}; expected [N, {self.mean_.shape[0]}] (fitted D)")
+                raise ShapeError(f"x has shape {shape_str(x)}; expected [N, {self.mean_.shape[0]}] (fitted D)")
         return x
 
     def standardize(self, x) -> np.ndarray:
@@ -101,24 +109,29 @@ class ClusterEmbedding(nn.Module):
 
     def __init__(self, num_clusters: int = NUM_CLUSTERS, cluster_dim: int = CLUSTER_DIM):
         super().__init__()
-        self.num_clusters = int(num_clusters)
-        self.cluster_dim = int(cluster_dim)
+        self.num_clusters = check_int("num_clusters", num_clusters, 1)
+        self.cluster_dim = check_int("cluster_dim", cluster_dim, 1)
         self.weight = nn.Parameter(torch.randn(num_clusters, cluster_dim) * cluster_dim**-0.5)
 
     def forward(self, cluster_probs: torch.Tensor) -> torch.Tensor:
+        # the value checks (ids in range, finite rows on the simplex) read the device into Python:
+        # they run only while ple.checks.validation_enabled() (off inside the engine's step)
+        if not isinstance(cluster_probs, torch.Tensor):
+            raise InputTypeError(f"cluster_probs must be a torch.Tensor; got {type(cluster_probs).__name__}")
         if not cluster_probs.is_floating_point():
             ids = cluster_probs
             if ids.dim() != 1:
-                raise ValueError(f"cluster ids have shape {_shape(ids)}; expected [B]")
-            if ((ids < 0) | (ids >= self.num_clusters)).any():
+                raise ShapeError(f"cluster ids have shape {shape_str(ids)}; expected [B]")
+            if validation_enabled() and ids.numel() and bool((ids.amin() < 0) | (ids.amax() >= self.num_clusters)):
                 raise ValueError(f"cluster ids must lie in [0, {self.num_clusters})")
             return self.weight[ids]
         if cluster_probs.dim() != 2 or cluster_probs.shape[1] != self.num_clusters:
-            raise ValueError(
-                f"cluster_probs has shape {_shape(cluster_probs)}; expected [B, {self.num_clusters}] (num_clusters)"
+            raise ShapeError(
+                f"cluster_probs has shape {shape_str(cluster_probs)}; expected [B, {self.num_clusters}] (num_clusters)"
             )
-        if not torch.isfinite(cluster_probs).all():
-            raise ValueError("cluster_probs contains NaN or inf")
-        if (cluster_probs < 0).any() or ((cluster_probs.sum(1) - 1).abs() > 1e-3).any():
+        check_finite(cluster_probs, "cluster_probs")
+        if validation_enabled() and cluster_probs.numel() and bool(
+            (cluster_probs.amin() < 0) | ((cluster_probs.sum(1) - 1).abs().amax() > 1e-3)
+        ):
             raise ValueError("cluster_probs rows must be probability vectors (non-negative, summing to 1)")
         return cluster_probs.to(self.weight.dtype) @ self.weight

@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['PROB_EPS', 'FOCAL_GAMMA', 'HUBER_DELTA', 'INFONCE_TEMPERATURE', 'LOG_VAR_BOUNDS', 'REDUCTIONS', 'reduce_masked', 'focal_loss', 'focal_loss_with_logits', 'huber_loss', 'mse_loss', 'nll_loss', 'info_nce_loss', 'task_loss', 'FixedWeighting', 'UncertaintyWeighting']
+__all__ = ['PROB_EPS', 'FOCAL_GAMMA', 'HUBER_DELTA', 'INFONCE_TEMPERATURE', 'LOG_VAR_BOUNDS', 'REDUCTIONS', 'focal_loss', 'focal_loss_with_logits', 'huber_loss', 'mse_loss', 'nll_loss', 'info_nce_loss', 'task_loss', 'FixedWeighting', 'inward_clamp', 'UncertaintyWeighting']
 
 from collections.abc import Mapping, Sequence
 
@@ -13,6 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ple.checks import (
+    InputTypeError,
+    ShapeError,
+    TaskError,
+    check_choice,
+    check_finite,
+    check_float,
+    shape_str,
+    validation_enabled,
+)
+from ple.fit import FitState, WeightedSum, masked_mean, regression_loss
 from ple.tasks import TaskSpec, get_task
 
 PROB_EPS = 1e-7  # probabilities are clamped to [PROB_EPS, 1 - PROB_EPS] before any log
@@ -23,44 +34,43 @@ LOG_VAR_BOUNDS = (-4.0, 4.0)
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def _shape(t: torch.Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
-
-
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     """fp32 at least: half / bfloat16 inputs are promoted, float64 stays float64."""
     return torch.promote_types(t.dtype, torch.float32) if t.is_floating_point() else torch.float32
 
 
-def _check_finite(t: torch.Tensor, name: str) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN" if torch.isnan(t).any() else f"{name} contains inf")
+def _check_range(t: torch.Tensor, name: str, low: float, high: float, high_open: bool = False, what: str = "") -> None:
+    """ValueError unless every entry of `t` lies in [low, high] ([low, high) if `high_open`).
 
-
-def _outside(t: torch.Tensor, low: float, high: float, high_inclusive: bool = True) -> bool:
-    """True if some entry of t is < low or > high (>= high when not high_inclusive)."""
-    if t.numel() == 0:
-        return False
+    Reads the tensor's extremes into Python (a device sync), so it runs only while
+    `ple.checks.validation_enabled()`; inside the engine's training step it is off.
+    """
+    if not validation_enabled() or t.numel() == 0:
+        return
     lo, hi = torch.aminmax(t)
-    return bool(lo < low) or bool(hi > high if high_inclusive else hi >= high)
+    if bool(lo < low) or bool(hi >= high if high_open else hi > high):
+        interval = f"[{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must lie in {interval}{what}; got values from {lo.item():g} to {hi.item():g}")
 
 
 def _as_batch(t: torch.Tensor, name: str) -> torch.Tensor:
     """[B] or [B, 1] -> [B]."""
+    if not isinstance(t, torch.Tensor):
+        raise InputTypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
     if t.dim() == 2 and t.shape[1] == 1:
         return t[:, 0]
     if t.dim() != 1:
-        raise ValueError(f"{name} has shape {_shape(t)}; expected [B] or [B, 1]")
+        raise ShapeError(f"{name} has shape {shape_str(t)}; expected [B] or [B, 1]")
     return t
 
 
 def _prepare_mask(mask: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor | None:
-    """Sample mask [B] as bool; None (every sample has a label) stays None."""
+    """Sample mask [B] as bool (nonzero = labelled); None (every sample has a label) stays None."""
     if mask is None:
         return None
     mask = _as_batch(mask, "mask")
     if mask.shape[0] != batch:
-        raise ValueError(f"mask has shape {_shape(mask)}; expected [{batch}] (one entry per sample)")
+        raise ShapeError(f"mask has shape {shape_str(mask)}; expected [{batch}] (one entry per sample)")
     return mask.to(device=device).bool() if mask.dtype == torch.bool else mask.to(device) != 0
 
 
@@ -72,52 +82,40 @@ def _fill_masked(target: torch.Tensor, mask: torch.Tensor | None, fill: float | 
     return torch.where(m, target, torch.as_tensor(fill, dtype=target.dtype, device=target.device))
 
 
-def reduce_masked(loss: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
-    """Reduce per-sample losses `loss` [B] over the labelled samples (eq-masked-mean).
+def _reduce(per_sample: torch.Tensor, mask: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    """Per-sample losses [B] -> the masked mean of PLE-1 (eq-masked-mean, the engine's
+    `ple.fit.masked_mean`), the masked sum, or ("none") [B] with exact zeros at masked samples
+    (what a `ple.fit.Task` loss returns; the engine then takes the masked mean itself).
 
-    L = sum_b m_b l_b / max(1, sum_b m_b). Masked samples contribute exactly zero (also when
-    their l_b is NaN or inf: they are selected away with `torch.where`, never multiplied by 0),
-    and a batch with no labelled sample gives 0, not NaN. reduction: "mean" | "sum" | "none"
-    ("none" returns [B] with zeros at masked samples).
+    Masked samples are *selected* away with `torch.where`, so a NaN loss there changes nothing.
+    An empty batch gives 0 with a zero gradient (the mean of nothing would be NaN).
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
-    mask = _prepare_mask(mask, loss.shape[0], loss.device)
-    if mask is None:  # every sample labelled
-        if reduction == "none":
-            return loss
-        return loss.sum() if reduction == "sum" else loss.sum() / max(loss.shape[0], 1)
-    per_sample = torch.where(mask, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+    if mask is not None:
+        per_sample = torch.where(mask, per_sample, torch.zeros((), dtype=per_sample.dtype, device=per_sample.device))
     if reduction == "none":
         return per_sample
-    total = per_sample.sum()
-    if reduction == "sum":
-        return total
-    return total / mask.sum().clamp_min(1).to(loss.dtype)
+    if reduction == "sum" or per_sample.shape[0] == 0:
+        return per_sample.sum()
+    return masked_mean(per_sample, mask)
 
 
-def _check_binary_inputs(pred: torch.Tensor, target: torch.Tensor, mask, pred_name: str):
+def _check_binary_inputs(pred: torch.Tensor, target: torch.Tensor, mask, pred_name: str, reduction: str):
+    check_choice("reduction", reduction, REDUCTIONS)
     pred = _as_batch(pred, pred_name)
     target = _as_batch(target, "target")
     if target.shape[0] != pred.shape[0]:
-        raise ValueError(
-            f"target has shape {_shape(target)}; expected [{pred.shape[0]}] (same batch as {pred_name})"
-        )
-    _check_finite(pred, pred_name)
+        raise ShapeError(f"target has shape {shape_str(target)}; expected [{pred.shape[0]}] (same batch as {pred_name})")
+    check_finite(pred, pred_name)
     mask = _prepare_mask(mask, pred.shape[0], pred.device)
     dtype = _compute_dtype(pred)
     target = _fill_masked(target.to(dtype), mask, 0.0)
-    _check_finite(target, "target (labelled samples)")
-    if _outside(target, 0.0, 1.0):
-        raise ValueError("target must lie in [0, 1] for a binary task")
+    check_finite(target, "target (labelled samples)")
+    _check_range(target, "target", 0.0, 1.0, what=" for a binary task")
     return pred.to(dtype), target, mask
 
 
-def _check_focal_params(alpha: float, gamma: float) -> None:
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1]; got {alpha}")
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0; got {gamma}")
+def _check_focal_params(alpha: float, gamma: float) -> tuple[float, float]:
+    return check_float("alpha", alpha, 0.0, 1.0), check_float("gamma", gamma, 0.0)
 
 
 def focal_loss(
@@ -134,16 +132,16 @@ def focal_loss(
     FL = -[y a (1-p)^g log p + (1-y)(1-a) p^g log(1-p)], p clamped to [eps, 1-eps]; for y in
     {0, 1} this is -a_t (1-p_t)^g log p_t. probs, target: [B] or [B, 1]; mask: [B] (False =
     missing label). Half-precision inputs are promoted to fp32 before the clamp (in fp16,
-    1 - 1e-7 rounds to 1 and log(1 - p) becomes -inf).
+    1 - 1e-7 rounds to 1 and log(1 - p) becomes -inf). eps in (0, 0.5).
     """
-    _check_focal_params(alpha, gamma)
-    probs, target, mask = _check_binary_inputs(probs, target, mask, "probs")
-    if _outside(probs, 0.0, 1.0):
-        raise ValueError("probs must lie in [0, 1] (a sigmoid output); got values outside")
+    alpha, gamma = _check_focal_params(alpha, gamma)
+    eps = check_float("eps", eps, 0.0, 0.5, low_open=True, high_open=True)
+    probs, target, mask = _check_binary_inputs(probs, target, mask, "probs", reduction)
+    _check_range(probs, "probs", 0.0, 1.0, what=" (a sigmoid output)")
     p = probs.clamp(eps, 1.0 - eps)
     pos = alpha * (1.0 - p).pow(gamma) * torch.log(p)
     neg = (1.0 - alpha) * p.pow(gamma) * torch.log1p(-p)
-    return reduce_masked(-(target * pos + (1.0 - target) * neg), mask, reduction)
+    return _reduce(-(target * pos + (1.0 - target) * neg), mask, reduction)
 
 
 def focal_loss_with_logits(
@@ -159,26 +157,29 @@ def focal_loss_with_logits(
     log p = logsigmoid(z), log(1-p) = logsigmoid(-z), (1-p)^g = exp(g logsigmoid(-z)):
     finite for every finite z. logits, target: [B] or [B, 1]; mask: [B].
     """
-    _check_focal_params(alpha, gamma)
-    z, target, mask = _check_binary_inputs(logits, target, mask, "logits")
+    alpha, gamma = _check_focal_params(alpha, gamma)
+    z, target, mask = _check_binary_inputs(logits, target, mask, "logits", reduction)
     log_p, log_q = F.logsigmoid(z), F.logsigmoid(-z)
     pos = alpha * torch.exp(gamma * log_q) * log_p
     neg = (1.0 - alpha) * torch.exp(gamma * log_p) * log_q
-    return reduce_masked(-(target * pos + (1.0 - target) * neg), mask, reduction)
+    return _reduce(-(target * pos + (1.0 - target) * neg), mask, reduction)
 
 
-def _check_regression_inputs(pred: torch.Tensor, target: torch.Tensor, mask):
+def _check_regression_inputs(pred: torch.Tensor, target: torch.Tensor, mask, reduction: str):
+    check_choice("reduction", reduction, REDUCTIONS)
+    if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise InputTypeError(f"pred and target must be torch.Tensors; got {type(pred).__name__}, {type(target).__name__}")
     if pred.dim() == 1:
         pred = pred[:, None]
     if target.dim() == 1:
         target = target[:, None]
     if pred.dim() != 2 or target.shape != pred.shape:
-        raise ValueError(f"target has shape {_shape(target)}; expected {_shape(pred)} (as pred)")
-    _check_finite(pred, "pred")
+        raise ShapeError(f"target has shape {shape_str(target)}; expected {shape_str(pred)} (as pred)")
+    check_finite(pred, "pred")
     mask = _prepare_mask(mask, pred.shape[0], pred.device)
     dtype = _compute_dtype(pred)
     target = _fill_masked(target.to(dtype), mask, 0.0)
-    _check_finite(target, "target (labelled samples)")
+    check_finite(target, "target (labelled samples)")
     return pred.to(dtype), target, mask
 
 
@@ -189,16 +190,15 @@ def huber_loss(
     mask: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Huber loss (eq-huber): r = pred - target, 1/2 r^2 if |r| <= delta else delta (|r| - delta/2).
+    """Huber loss (eq-losses): r = pred - target, 1/2 r^2 if |r| <= delta else delta (|r| - delta/2).
 
-    pred, target: [B] or [B, D] (mean over D per sample); mask: [B].
+    pred, target: [B] or [B, D] (mean over D per sample); mask: [B]; delta > 0.
     """
-    if delta <= 0:
-        raise ValueError(f"delta must be > 0; got {delta}")
-    pred, target, mask = _check_regression_inputs(pred, target, mask)
+    delta = check_float("delta", delta, 0.0, low_open=True)
+    pred, target, mask = _check_regression_inputs(pred, target, mask, reduction)
     r = (pred - target).abs()
     per = torch.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta))
-    return reduce_masked(per.mean(dim=1), mask, reduction)
+    return _reduce(per.mean(dim=1), mask, reduction)
 
 
 def mse_loss(
@@ -207,21 +207,22 @@ def mse_loss(
     mask: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Squared error (pred - target)^2, mean over D per sample. pred, target: [B] or [B, D]."""
-    pred, target, mask = _check_regression_inputs(pred, target, mask)
-    return reduce_masked((pred - target).pow(2).mean(dim=1), mask, reduction)
+    """Squared error (pred - target)^2, mean over D per sample: the engine's
+    `ple.fit.regression_loss` with this module's checks, masks and reductions.
+    pred, target: [B] or [B, D]."""
+    pred, target, mask = _check_regression_inputs(pred, target, mask, reduction)
+    return _reduce(regression_loss(pred, target), mask, reduction)
 
 
 def _check_class_target(target: torch.Tensor, batch: int, num_classes: int, mask):
     target = _as_batch(target, "target")
     if target.shape[0] != batch:
-        raise ValueError(f"target has shape {_shape(target)}; expected [{batch}]")
+        raise ShapeError(f"target has shape {shape_str(target)}; expected [{batch}]")
     if target.is_floating_point():
-        raise ValueError(f"target must hold integer class ids; got dtype {target.dtype}")
+        raise InputTypeError(f"target must hold integer class ids; got dtype {target.dtype}")
     mask = _prepare_mask(mask, batch, target.device)
     target = _fill_masked(target.long(), mask, 0)
-    if _outside(target, 0, num_classes, high_inclusive=False):
-        raise ValueError(f"target class ids must lie in [0, {num_classes}) for labelled samples")
+    _check_range(target, "target class ids", 0, num_classes, high_open=True, what=" for labelled samples")
     return target, mask
 
 
@@ -232,21 +233,24 @@ def nll_loss(
     reduction: str = "mean",
     eps: float = PROB_EPS,
 ) -> torch.Tensor:
-    """Negative log-likelihood of softmax outputs (eq-nll): -log max(p_{b, y_b}, eps).
+    """Negative log-likelihood of softmax outputs (eq-losses): -log max(p_{b, y_b}, eps).
 
     probs: [B, C] rows on the simplex (a softmax output); target: [B] int64 class ids;
     mask: [B]. Equals cross-entropy on the logits whenever p_{b, y_b} >= eps.
     """
+    check_choice("reduction", reduction, REDUCTIONS)
+    eps = check_float("eps", eps, 0.0, 1.0, low_open=True, high_open=True)
+    if not isinstance(probs, torch.Tensor):
+        raise InputTypeError(f"probs must be a torch.Tensor; got {type(probs).__name__}")
     if probs.dim() != 2:
-        raise ValueError(f"probs has shape {_shape(probs)}; expected [B, C] (softmax output)")
-    _check_finite(probs, "probs")
+        raise ShapeError(f"probs has shape {shape_str(probs)}; expected [B, C] (softmax output)")
+    check_finite(probs, "probs")
     probs = probs.to(_compute_dtype(probs))
-    row_sum = probs.sum(dim=1)
-    if (probs < 0).any() or ((row_sum - 1).abs() > 1e-3).any():
+    if validation_enabled() and probs.numel() and bool((probs.amin() < 0) | ((probs.sum(dim=1) - 1).abs().amax() > 1e-3)):
         raise ValueError("probs rows must be probability vectors (non-negative, summing to 1)")
     target, mask = _check_class_target(target, probs.shape[0], probs.shape[1], mask)
     p_y = probs.gather(1, target[:, None])[:, 0].clamp_min(eps)
-    return reduce_masked(-torch.log(p_y), mask, reduction)
+    return _reduce(-torch.log(p_y), mask, reduction)
 
 
 def info_nce_loss(
@@ -258,28 +262,31 @@ def info_nce_loss(
     mask: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """InfoNCE over a fixed candidate set (eq-infonce): -log softmax(q . k_i / tau)_{y}.
+    """InfoNCE over a fixed candidate set (eq-losses): -log softmax(q . k_i / tau)_{y}.
 
     query: [B, D] (the contrastive tower's embedding); keys: [C, D] (one embedding per brand,
     C = 128 in the world); target: [B] int64, the positive key of each query. With
     normalize=True both sides are L2-normalised first (cosine similarity), the usual setting
     for tau = 0.07.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
+    check_choice("reduction", reduction, REDUCTIONS)
+    temperature = check_float("temperature", temperature, 0.0, low_open=True)
+    for name, t in (("query", query), ("keys", keys)):
+        if not isinstance(t, torch.Tensor):
+            raise InputTypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
     if query.dim() != 2:
-        raise ValueError(f"query has shape {_shape(query)}; expected [B, D]")
+        raise ShapeError(f"query has shape {shape_str(query)}; expected [B, D]")
     if keys.dim() != 2 or keys.shape[1] != query.shape[1]:
-        raise ValueError(f"keys has shape {_shape(keys)}; expected [C, {query.shape[1]}]")
-    _check_finite(query, "query")
-    _check_finite(keys, "keys")
+        raise ShapeError(f"keys has shape {shape_str(keys)}; expected [C, {query.shape[1]}]")
+    check_finite(query, "query")
+    check_finite(keys, "keys")
     dtype = _compute_dtype(query)
     q, k = query.to(dtype), keys.to(dtype)
     if normalize:
         q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
     target, mask = _check_class_target(target, q.shape[0], k.shape[0], mask)
     logits = q @ k.T / temperature
-    return reduce_masked(F.cross_entropy(logits, target, reduction="none"), mask, reduction)
+    return _reduce(F.cross_entropy(logits, target, reduction="none"), mask, reduction)
 
 
 def task_loss(
@@ -294,7 +301,8 @@ def task_loss(
 
     focal (focal_alpha, focal_gamma) on the sigmoid output, nll on the softmax output, mse, huber
     (huber_delta), infonce (infonce_tau) on the contrastive embedding against `keys` [C, D].
-    An unknown task name raises ValueError naming it.
+    reduction "none" gives the per-sample losses [B] a `ple.fit.Task` returns. An unknown task
+    name raises ValueError naming it.
     """
     spec = get_task(task) if isinstance(task, str) else task
     if spec.loss == "focal":
@@ -312,54 +320,105 @@ def task_loss(
     raise ValueError(f"task {spec.name!r} has unknown loss {spec.loss!r}")
 
 
-def _check_task_losses(losses: Mapping[str, torch.Tensor], known: Sequence[str]) -> None:
-    if not isinstance(losses, Mapping):
-        raise ValueError(f"losses must be a mapping task name -> scalar tensor; got {type(losses).__name__}")
-    for name, value in losses.items():
-        if name not in known:
-            raise ValueError(f"unknown task {name!r}; this weighting knows {list(known)}")
-        if not torch.is_tensor(value) or value.dim() != 0:
-            raise ValueError(f"loss of task {name!r} must be a scalar tensor")
-        if not torch.isfinite(value):
-            raise ValueError(f"loss of task {name!r} is {value.item()} (not finite)")
+def _check_task_names(task_names: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(task_names, str) or not isinstance(task_names, Sequence):
+        raise TaskError(f"task_names must be a sequence of task names; got {task_names!r}")
+    names = tuple(task_names)
+    if not names or not all(isinstance(t, str) and t for t in names):
+        raise TaskError(f"task_names must be non-empty strings, at least one; got {list(names)}")
+    dup = sorted({t for t in names if names.count(t) > 1})
+    if dup:
+        raise TaskError(f"task_names has duplicates: {dup}")
+    return names
 
 
-def _task_weight_vector(task_names: Sequence[str], weights: Mapping[str, float] | None) -> torch.Tensor:
+def _check_task_weights(task_names: Sequence[str], weights: Mapping[str, float] | None) -> dict[str, float]:
     weights = dict(weights or {})
     unknown = sorted(set(weights) - set(task_names))
     if unknown:
-        raise ValueError(f"weights name unknown task(s) {unknown}")
-    if any(w < 0 for w in weights.values()):
-        raise ValueError("task weights must be >= 0")
-    return torch.tensor([float(weights.get(t, 1.0)) for t in task_names])
+        raise TaskError(f"weights name unknown task(s) {unknown}; the tasks are {list(task_names)}")
+    return {t: check_float(f"weights[{t!r}]", weights.get(t, 1.0), 0.0) for t in task_names}
 
 
-class FixedWeighting(nn.Module):
-    """L = sum_k w_k L_k with fixed weights (missing weights default to 1; all-1 = equal)."""
+def _check_task_losses(losses: Mapping[str, torch.Tensor], known: Sequence[str]) -> None:
+    if not isinstance(losses, Mapping):
+        raise InputTypeError(f"losses must be a mapping task name -> scalar tensor; got {type(losses).__name__}")
+    for name, value in losses.items():
+        if name not in known:
+            raise TaskError(f"losses has unknown task {name!r}; this weighting knows {list(known)}")
+        if not torch.is_tensor(value) or value.dim() != 0:
+            got = shape_str(value) if torch.is_tensor(value) else type(value).__name__
+            raise ShapeError(f"losses[{name!r}] must be a scalar tensor; got {got}")
+        check_finite(value, f"losses[{name!r}]")  # a device sync: off inside the engine's step
+
+
+class FixedWeighting(WeightedSum):
+    """L = sum_k w_k L_k with fixed weights (eq-mtl-objective of PLE-1).
+
+    The engine's `ple.fit.WeightedSum` for a known task list: a loss or a weight of an unknown
+    task is an error, missing weights default to 1 (all 1 = equal weighting), weights must be
+    finite and >= 0. An aggregation hook for `ple.fit.fit(aggregate=...)`, or called on its own:
+    forward(losses {task: scalar}, state=None) -> scalar; a task left out of `losses` (no label
+    in the batch) contributes nothing.
+    """
 
     def __init__(self, task_names: Sequence[str], weights: Mapping[str, float] | None = None):
-        super().__init__()
-        self.task_names = tuple(task_names)
-        if len(set(self.task_names)) != len(self.task_names):
-            raise ValueError(f"task_names has duplicates: {list(self.task_names)}")
-        self.register_buffer("task_weights", _task_weight_vector(self.task_names, weights))
+        names = _check_task_names(task_names)
+        weights = _check_task_weights(names, weights)
+        super().__init__(weights)
+        self.task_names = names
+        self.register_buffer("task_weights", torch.tensor([weights[t] for t in names]))  # [K], task order
 
-    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """losses: task name -> scalar loss (a subset of task_names) -> scalar total."""
+    def forward(self, losses: Mapping[str, torch.Tensor], state: FitState | None = None) -> torch.Tensor:
         _check_task_losses(losses, self.task_names)
-        total = torch.zeros((), dtype=torch.float32)
-        for k, name in enumerate(self.task_names):
-            if name in losses:
-                total = total + self.task_weights[k] * losses[name].float()
-        return total
+        if not losses:
+            return torch.zeros(())
+        return super().forward(losses, state)
+
+
+class _InwardClamp(torch.autograd.Function):
+    """clamp(x, low, high); backward keeps the gradient unless it would push x further outside."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.low, ctx.high = low, high
+        return x.clamp(low, high)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        # a descent step moves x by -grad: below `low` only grad < 0 moves it up, above `high` only grad > 0
+        outward = ((x < ctx.low) & (grad > 0)) | ((x > ctx.high) & (grad < 0))
+        return torch.where(outward, torch.zeros_like(grad), grad), None, None
+
+
+def inward_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """clip(x, low, high) whose gradient still pulls back inside (eq-uw-clamp).
+
+    Forward: `x.clamp(low, high)`. Backward: the incoming gradient g where low <= x <= high
+    (the plain clamp there); outside, g where a descent step (x -= lr g) moves x back toward
+    [low, high], and 0 where it would push x further out. The plain clamp's gradient is 0
+    everywhere outside, so a parameter that once crossed a bound could never return.
+    """
+    return _InwardClamp.apply(x, float(low), float(high))
 
 
 class UncertaintyWeighting(nn.Module):
     """Homoscedastic uncertainty weighting (eq-uncertainty), the post's form.
 
-    L = sum_k w_k (exp(-s_k) L_k + s_k),  s_k = clamp(task_log_vars[k], -4, 4) = log sigma_k^2.
-    w_k: fixed task weights (default 1). For a fixed L_k the optimum is s_k* = log L_k (clamped),
-    where the effective weight on L_k is w_k / L_k. `task_log_vars`: [K] trainable, init 0.
+    L = sum_k w_k (exp(-s_k) L_k + s_k),  s_k = clip(task_log_vars[k], -4, 4) = log sigma_k^2,
+    clipped with `inward_clamp` (eq-uw-clamp): a log-variance outside the bounds is pulled back
+    when its optimum lies inside, and held at the bound when the optimum lies beyond it.
+    w_k: fixed task weights (default 1, finite, >= 0). For a fixed L_k the optimum is
+    s_k* = clip(log L_k, -4, 4), where the effective weight on L_k is w_k exp(-s_k*).
+    `task_log_vars`: [K] trainable, init `init_log_var`.
+
+    An aggregation hook for `ple.fit.fit(aggregate=...)` (the engine adds `task_log_vars` to the
+    optimizer), or called on its own: forward(losses {task: scalar}, state=None) -> scalar; a task
+    left out of `losses` contributes nothing. Given the engine's `state`, a task with no labelled
+    sample in the batch (its mask all zero) contributes exactly 0 too: its +s_k term would
+    otherwise pull its log-variance down on every batch without a label (no host sync).
     """
 
     def __init__(
@@ -370,31 +429,47 @@ class UncertaintyWeighting(nn.Module):
         init_log_var: float = 0.0,
     ):
         super().__init__()
-        self.task_names = tuple(task_names)
-        if len(set(self.task_names)) != len(self.task_names):
-            raise ValueError(f"task_names has duplicates: {list(self.task_names)}")
-        lo, hi = log_var_bounds
+        self.task_names = _check_task_names(task_names)
+        if not isinstance(log_var_bounds, Sequence) or len(log_var_bounds) != 2:
+            raise ValueError(f"log_var_bounds must be (low, high); got {log_var_bounds!r}")
+        lo = check_float("log_var_bounds[0]", log_var_bounds[0])
+        hi = check_float("log_var_bounds[1]", log_var_bounds[1])
         if not lo < hi:
-            raise ValueError(f"log_var_bounds must satisfy low < high; got {log_var_bounds}")
-        self.log_var_bounds = (float(lo), float(hi))
-        self.register_buffer("task_weights", _task_weight_vector(self.task_names, weights))
-        self.task_log_vars = nn.Parameter(torch.full((len(self.task_names),), float(init_log_var)))
+            raise ValueError(f"log_var_bounds must satisfy low < high; got {tuple(log_var_bounds)}")
+        self.log_var_bounds = (lo, hi)
+        w = _check_task_weights(self.task_names, weights)
+        self.register_buffer("task_weights", torch.tensor([w[t] for t in self.task_names]))
+        init = check_float("init_log_var", init_log_var)
+        self.task_log_vars = nn.Parameter(torch.full((len(self.task_names),), init))
 
     def log_vars(self) -> torch.Tensor:
-        """s_k clamped to log_var_bounds, [K]."""
-        return self.task_log_vars.clamp(*self.log_var_bounds)
+        """s_k: the log-variances clipped to log_var_bounds (eq-uw-clamp), [K]."""
+        return inward_clamp(self.task_log_vars, *self.log_var_bounds)
 
     def effective_weights(self) -> dict[str, float]:
         """w_k exp(-s_k): the multiplier each task's loss currently gets."""
-        eff = (self.task_weights * torch.exp(-self.log_vars())).detach()
-        return {t: float(v) for t, v in zip(self.task_names, eff)}
+        eff = (self.task_weights * torch.exp(-self.log_vars())).detach().cpu()
+        return dict(zip(self.task_names, eff.tolist()))
 
-    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """losses: task name -> scalar loss (a subset of task_names) -> scalar total."""
+    def forward(self, losses: Mapping[str, torch.Tensor], state: FitState | None = None) -> torch.Tensor:
         _check_task_losses(losses, self.task_names)
-        s = self.log_vars()
-        total = torch.zeros((), dtype=torch.float32, device=s.device)
-        for k, name in enumerate(self.task_names):
-            if name in losses:
-                total = total + self.task_weights[k] * (torch.exp(-s[k]) * losses[name].float() + s[k])
-        return total
+        s, w = self.log_vars(), self.task_weights
+        if len(losses) < len(self.task_names):  # a subset: only the tasks present contribute
+            present = [k for k, t in enumerate(self.task_names) if t in losses]
+            index = torch.tensor(present, dtype=torch.long, device=s.device)
+            s, w = s.index_select(0, index), w.index_select(0, index)
+            names = [self.task_names[k] for k in present]
+        else:
+            names = self.task_names
+        if not names:
+            return s.sum()  # no task: 0
+        L = torch.stack([losses[t] for t in names]).to(s.dtype)
+        terms = w * (torch.exp(-s) * L + s)
+        masks = getattr(getattr(state, "batch", None), "masks", None)
+        if masks:  # tasks without a labelled sample in this batch contribute 0 (decided on the device)
+            labelled = [(masks[t] > 0).any() if t in masks else None for t in names]
+            if any(v is not None for v in labelled):
+                one = torch.ones((), dtype=torch.bool, device=s.device)
+                present = torch.stack([one if v is None else v.to(s.device) for v in labelled])
+                terms = torch.where(present, terms, torch.zeros_like(terms))
+        return terms.sum()

@@ -7,14 +7,26 @@ from __future__ import annotations
 
 __all__ = ['EXPERT_DIM', 'TOWER_HIDDEN_DIMS', 'TOWER_DROPOUT', 'TOWER_ACTIVATIONS', 'TaskTower', 'GroupTaskExpertBasket', 'ClusterTaskExpertBasket', 'TaskSide']
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from ple.checks import (
+    ShapeError,
+    TaskError,
+    check_choice,
+    check_features,
+    check_int,
+    check_tensor,
+    shape_str,
+    validation_enabled,
+)
 from ple.clusters import ClusterEmbedding
-from ple.layers import MLP, StackedLinear, check_features
+from ple.fit import Task
+from ple.layers import MLP, StackedLinear
 from ple.losses import task_loss
 from ple.tasks import TaskSpec
 from ple.transfer import LogitTransfer
@@ -23,10 +35,6 @@ EXPERT_DIM = 32  # h_expert / h_tower width
 TOWER_HIDDEN_DIMS = (64, 32)
 TOWER_DROPOUT = 0.2
 TOWER_ACTIVATIONS = ("sigmoid", "softmax", None)
-
-
-def _shape(t) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
 class TaskTower(nn.Module):
@@ -46,12 +54,10 @@ class TaskTower(nn.Module):
         dropout: float = TOWER_DROPOUT,
     ):
         super().__init__()
-        if activation not in TOWER_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {TOWER_ACTIVATIONS}; got {activation!r}")
-        if out_dim < 1:
-            raise ValueError(f"out_dim must be >= 1; got {out_dim}")
+        check_choice("activation", activation, TOWER_ACTIVATIONS)
+        out_dim, in_dim = check_int("out_dim", out_dim, 1), check_int("in_dim", in_dim, 1)
         if activation == "softmax" and out_dim < 2:
-            raise ValueError("a softmax tower needs out_dim >= 2")
+            raise ValueError(f"a softmax tower needs out_dim >= 2; got out_dim = {out_dim}")
         self.in_dim, self.out_dim, self.activation = int(in_dim), int(out_dim), activation
         self.mlp = MLP(in_dim, list(hidden_dims), out_dim, dropout=dropout)
 
@@ -103,8 +109,7 @@ class GroupTaskExpertBasket(nn.Module):
         task_names: Sequence[str] | None = None,
     ):
         super().__init__()
-        if cluster_input not in ("encoder", "head"):
-            raise ValueError(f"cluster_input must be 'encoder' or 'head'; got {cluster_input!r}")
+        check_choice("cluster_input", cluster_input, ("encoder", "head"))
         names = [t for tasks in task_groups.values() for t in tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"a task appears in two groups: {names}")
@@ -137,12 +142,10 @@ class GroupTaskExpertBasket(nn.Module):
 
     def forward(self, x: torch.Tensor, cluster_probs: torch.Tensor) -> torch.Tensor:
         K = len(self.task_names)
-        if x.dim() != 3 or x.shape[1] != K or x.shape[2] != self.input_dim:
-            raise ValueError(f"x has shape {_shape(x)}; expected [B, {K}, {self.input_dim}] (tasks, input_dim)")
-        if not torch.isfinite(x).all():
-            raise ValueError("x contains NaN or inf")
-        if cluster_probs.shape[0] != x.shape[0]:
-            raise ValueError(f"cluster_probs has shape {_shape(cluster_probs)}; expected batch {x.shape[0]}")
+        check_tensor(x, "x", ["B", K, self.input_dim], "tasks, input_dim")  # NaN / inf only while validation is on
+        if not isinstance(cluster_probs, torch.Tensor) or cluster_probs.dim() == 0 or cluster_probs.shape[0] != x.shape[0]:
+            got = shape_str(cluster_probs) if isinstance(cluster_probs, torch.Tensor) else type(cluster_probs).__name__
+            raise ShapeError(f"cluster_probs has shape {got}; expected batch {x.shape[0]} (as x)")
         B = x.shape[0]
         e = self.cluster_embedding(cluster_probs)  # [B, cluster_dim]
         e_k = e[:, None, :].expand(B, K, e.shape[1])
@@ -183,8 +186,9 @@ class ClusterTaskExpertBasket(nn.Module):
         super().__init__()
         self.task_names = tuple(task_names)
         if len(set(self.task_names)) != len(self.task_names):
-            raise ValueError(f"task_names has duplicates: {list(self.task_names)}")
-        self.input_dim, self.expert_dim, self.num_clusters = int(input_dim), int(expert_dim), int(num_clusters)
+            raise TaskError(f"task_names has duplicates: {list(self.task_names)}")
+        self.input_dim, self.expert_dim = check_int("input_dim", input_dim), check_int("expert_dim", expert_dim)
+        self.num_clusters = check_int("num_clusters", num_clusters)
         K, C = len(self.task_names), self.num_clusters
         dims = [input_dim, *hidden_dims, expert_dim]
         self.weights = nn.ParameterList()
@@ -203,31 +207,41 @@ class ClusterTaskExpertBasket(nn.Module):
     def _cluster_ids(self, clusters: torch.Tensor, batch: int) -> torch.Tensor:
         if clusters.is_floating_point():
             if clusters.dim() != 2 or clusters.shape[1] != self.num_clusters:
-                raise ValueError(f"cluster posteriors have shape {_shape(clusters)}; expected [B, {self.num_clusters}]")
+                raise ShapeError(f"cluster posteriors have shape {shape_str(clusters)}; expected [B, {self.num_clusters}]")
             clusters = clusters.argmax(dim=1)
         if clusters.dim() != 1 or clusters.shape[0] != batch:
-            raise ValueError(f"cluster ids have shape {_shape(clusters)}; expected [{batch}]")
-        if ((clusters < 0) | (clusters >= self.num_clusters)).any():
+            raise ShapeError(f"cluster ids have shape {shape_str(clusters)}; expected [{batch}]")
+        if validation_enabled() and clusters.numel() and bool((clusters.amin() < 0) | (clusters.amax() >= self.num_clusters)):
             raise ValueError(f"cluster ids must lie in [0, {self.num_clusters})")
         return clusters
 
     def forward(self, x: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
         K = len(self.task_names)
-        if x.dim() != 3 or x.shape[1] != K or x.shape[2] != self.input_dim:
-            raise ValueError(f"x has shape {_shape(x)}; expected [B, {K}, {self.input_dim}] (tasks, input_dim)")
+        check_tensor(x, "x", ["B", K, self.input_dim], "tasks, input_dim")
         ids = self._cluster_ids(clusters, x.shape[0])
-        out = x.new_zeros(x.shape[0], K, self.expert_dim)
+        # customers sorted by cluster and cut into one block per cluster; the per-cluster weights are
+        # views from one `unbind` per tensor, whose backward stacks the gradients in one allocation
+        order = torch.argsort(ids, stable=True)
+        counts = torch.bincount(ids, minlength=self.num_clusters).tolist()  # routing by data: one sync
+        blocks = x.index_select(0, order).split(counts)
         n_layers = len(self.weights)
-        for c in torch.unique(ids).tolist():
-            rows = (ids == c).nonzero(as_tuple=True)[0]
-            h = x[rows]  # [b, K, d]
+        w, b = [t.unbind(1) for t in self.weights], [t.unbind(1) for t in self.biases]
+        g, beta = [t.unbind(1) for t in self.ln_weights], [t.unbind(1) for t in self.ln_biases]
+        outs = []
+        for c, h in enumerate(blocks):  # h: [b_c, K, d], the customers of cluster c
+            if h.shape[0] == 0:
+                continue
             for i in range(n_layers):
-                h = torch.einsum("bki,kio->bko", h, self.weights[i][:, c]) + self.biases[i][:, c]
+                h = torch.einsum("bki,kio->bko", h, w[i][c]) + b[i][c]
                 if i < n_layers - 1:
-                    h = nn.functional.layer_norm(h, h.shape[-1:]) * self.ln_weights[i][:, c] + self.ln_biases[i][:, c]
+                    h = nn.functional.layer_norm(h, h.shape[-1:]) * g[i][c] + beta[i][c]
                     h = self.dropout(nn.functional.silu(h))
-            out[rows] = h
-        return out
+            outs.append(h)
+        if not outs:
+            return x.new_zeros(0, K, self.expert_dim)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.shape[0], device=order.device)
+        return torch.cat(outs).index_select(0, inverse)
 
 
 class TaskSide(nn.Module):
@@ -242,6 +256,7 @@ class TaskSide(nn.Module):
     item table `item_embeddings[name]` [num_classes, output_dim] (the InfoNCE keys).
     basket: "group" (GroupTaskExpertBasket) or "legacy" (ClusterTaskExpertBasket).
     transfer_edges: (source, target, mode) triples among the tasks; () switches transfer off.
+    `fit_tasks()` gives the tasks for the training engine `ple.fit.fit`.
     """
 
     def __init__(
@@ -262,6 +277,10 @@ class TaskSide(nn.Module):
         basket_dropout: float = 0.0,
     ):
         super().__init__()
+        names = [t.name for t in tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup or not names:
+            raise TaskError(f"tasks must be distinct TaskSpecs, at least one; got duplicates {dup}" if dup else "tasks is empty")
         self.specs = {t.name: t for t in tasks}
         self.task_names = tuple(self.specs)
         if basket == "group":
@@ -277,7 +296,7 @@ class TaskSide(nn.Module):
                 self.task_names, input_dim, legacy_hidden_dims, expert_dim, num_clusters, basket_dropout
             )
         else:
-            raise ValueError(f"basket must be 'group' or 'legacy'; got {basket!r}")
+            check_choice("basket", basket, ("group", "legacy"))
         self.basket_kind = basket
         self.transfer = LogitTransfer(
             self.task_names, transfer_edges, {n: s.output_dim for n, s in self.specs.items()},
@@ -294,8 +313,7 @@ class TaskSide(nn.Module):
 
     def forward(self, x: torch.Tensor, clusters: torch.Tensor, return_hidden: bool = False):
         """-> {task: prediction [B, output_dim]} (and {task: h_tower [B, expert_dim]})."""
-        if x.dim() != 3 or x.shape[1] != len(self.task_names):
-            raise ValueError(f"x has shape {_shape(x)}; expected [B, {len(self.task_names)}, input_dim]")
+        check_tensor(x, "x", ["B", len(self.task_names), "input_dim"], "one row per task")
         h_expert = self.basket(x, clusters)  # [B, K, expert_dim], rows in task_names order
         preds: dict[str, torch.Tensor] = {}
         hiddens: dict[str, torch.Tensor] = {}
@@ -316,8 +334,41 @@ class TaskSide(nn.Module):
         out = {}
         for name, y in targets.items():
             if name not in self.specs:
-                raise ValueError(f"unknown task {name!r}; this task side predicts {list(self.task_names)}")
+                raise TaskError(f"unknown task {name!r}; this task side predicts {list(self.task_names)}")
             keys = self.item_embeddings[name] if name in self.item_embeddings else None
             mask = None if masks is None else masks.get(name)
             out[name] = task_loss(self.specs[name], preds[name], y, mask=mask, keys=keys)
         return out
+
+    def item_scores(self, task: str, embedding: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of a contrastive task's embeddings [B, output_dim] to every item
+        embedding: [B, num_classes], the scores its hit@k is read from."""
+        keys = self.item_embeddings[task]
+        return nn.functional.normalize(embedding, dim=1) @ nn.functional.normalize(keys, dim=1).T
+
+    def _per_sample_loss(self, task: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        keys = self.item_embeddings[task] if task in self.item_embeddings else None
+        return task_loss(self.specs[task], pred, target, keys=keys, reduction="none")
+
+    def fit_tasks(self) -> tuple[Task, ...]:
+        """The tasks of this task side for the engine `ple.fit.fit`, in `task_names` order.
+
+        Each `ple.fit.Task` carries the registry task's kind, its loss per sample (eq-losses via
+        `ple.losses.task_loss(..., reduction="none")`; the engine takes the masked mean) and what
+        its metric reads: the tower's probabilities as they are (binary, multiclass: the towers
+        already apply the sigmoid / softmax), the prediction (regression), and for a contrastive
+        task `item_scores` (hit@k over the items).
+        """
+        def output(spec):
+            if spec.task_type == "contrastive":
+                return functools.partial(self.item_scores, spec.name)
+            return _identity
+
+        return tuple(
+            Task(n, s.task_type, loss=functools.partial(self._per_sample_loss, n), output=output(s))
+            for n, s in self.specs.items()
+        )
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ple.checks import check_float, check_int, check_tensor
 from ple.tasks import TRANSFER_MODES, TRANSFER_STRENGTH  # ("sequential", "feature", "inverse"), 0.5
 
 
@@ -62,7 +63,7 @@ def find_cycle(tasks: Sequence[str], edges: Iterable[Sequence]) -> list[str] | N
 
 
 def topological_order(tasks: Sequence[str], edges: Iterable[Sequence]) -> list[str]:
-    """Kahn's algorithm (eq-kahn): execution order of `tasks` respecting every edge source -> target.
+    """Kahn's algorithm: execution order of `tasks` respecting every edge source -> target.
 
     Tasks with in-degree 0 enter a FIFO queue in the order given; popping a task appends it to
     the order and removes its out-edges; a target whose in-degree drops to 0 joins the queue.
@@ -129,8 +130,8 @@ class LogitTransfer(nn.Module):
         super().__init__()
         self.edges = _edge_list(edges)
         self.order = topological_order(tasks, self.edges)
-        self.expert_dim = int(expert_dim)
-        self.transfer_strength = float(transfer_strength)
+        self.expert_dim = check_int("expert_dim", expert_dim)
+        self.transfer_strength = check_float("transfer_strength", transfer_strength)
         self.projections = nn.ModuleDict()
         for s, t, mode in self.edges:
             if mode == "feature":
@@ -177,10 +178,7 @@ class LogitTransfer(nn.Module):
         hiddens: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """h_expert [B, expert_dim] of task `target` -> h_tower [B, expert_dim]."""
-        if h_expert.dim() != 2 or h_expert.shape[1] != self.expert_dim:
-            raise ValueError(
-                f"h_expert has shape [{', '.join(map(str, h_expert.shape))}]; expected [B, {self.expert_dim}] (expert_dim)"
-            )
+        check_tensor(h_expert, "h_expert", ["B", self.expert_dim], "expert_dim")
         out = h_expert
         for source, mode in self.sources(target):
             x = self.transfer_input(source, mode, preds, hiddens or {})

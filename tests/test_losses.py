@@ -15,9 +15,9 @@ from ple.losses import (
     focal_loss_with_logits,
     huber_loss,
     info_nce_loss,
+    inward_clamp,
     mse_loss,
     nll_loss,
-    reduce_masked,
     task_loss,
 )
 
@@ -88,10 +88,14 @@ def test_focal_bad_input(probs, target, match):
 
 
 def test_focal_bad_parameters():
-    with pytest.raises(ValueError, match="alpha must lie"):
+    with pytest.raises(ValueError, match=r"alpha must be >= 0.0 and <= 1.0; got 1.5"):
         focal_loss(torch.rand(3), torch.zeros(3), alpha=1.5)
-    with pytest.raises(ValueError, match="gamma must be"):
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
         focal_loss(torch.rand(3), torch.zeros(3), gamma=-1)
+    with pytest.raises(ValueError, match="eps must be > 0.0 and < 0.5; got 0.7"):  # the clamp bounds would cross
+        focal_loss(torch.rand(3), torch.zeros(3), eps=0.7)
+    with pytest.raises(ValueError, match="alpha must be finite"):
+        focal_loss(torch.rand(3), torch.zeros(3), alpha=float("nan"))
 
 
 # ---------------------------------------------------------------- regression / classification
@@ -111,7 +115,7 @@ def test_huber_and_mse_accept_flat_inputs(gen):
 def test_huber_bad_input():
     with pytest.raises(ValueError, match=r"target has shape \[4, 2\]; expected \[4, 1\]"):
         huber_loss(torch.zeros(4), torch.zeros(4, 2))
-    with pytest.raises(ValueError, match="pred contains inf"):
+    with pytest.raises(ValueError, match=r"pred contains NaN or inf \(0 NaN, 1 inf entries\)"):
         huber_loss(torch.tensor([1.0, float("inf")]), torch.zeros(2))
     with pytest.raises(ValueError, match="delta must be > 0"):
         huber_loss(torch.zeros(2), torch.zeros(2), delta=0.0)
@@ -183,16 +187,33 @@ def test_all_masked_gives_zero_and_zero_gradient():
     assert loss.item() == 0.0 and torch.isfinite(pred.grad).all()
 
 
-def test_reduce_masked_reductions_and_errors():
-    loss = torch.tensor([1.0, float("nan"), 3.0])
+def test_reductions_use_the_engines_masked_mean_and_errors():
+    from ple.fit import masked_mean
+
+    pred = torch.tensor([1.0, 2.0, 3.0])
     mask = torch.tensor([True, False, True])
-    assert reduce_masked(loss, mask, "sum").item() == 4.0
-    assert reduce_masked(loss, mask, "mean").item() == 2.0
-    assert reduce_masked(loss, mask, "none").tolist() == [1.0, 0.0, 3.0]
+    target = torch.tensor([0.0, float("nan"), 0.0])  # a missing label may be NaN
+    assert mse_loss(pred, target, mask=mask, reduction="sum").item() == 10.0
+    assert mse_loss(pred, target, mask=mask, reduction="mean").item() == 5.0
+    assert mse_loss(pred, target, mask=mask, reduction="none").tolist() == [1.0, 0.0, 9.0]
+    per = mse_loss(pred, target, mask=mask, reduction="none")
+    assert mse_loss(pred, target, mask=mask).item() == masked_mean(per, mask).item()  # one masking equation
     with pytest.raises(ValueError, match=r"mask has shape \[2\]; expected \[3\]"):
-        reduce_masked(loss, mask[:2])
+        mse_loss(pred, target, mask=mask[:2])
     with pytest.raises(ValueError, match="reduction must be one of"):
-        reduce_masked(loss, mask, "max")
+        mse_loss(pred, target, mask=mask, reduction="max")
+
+
+def test_value_checks_skip_device_syncs_when_validation_is_off():
+    from ple.checks import validation
+
+    bad = torch.tensor([0.5, 1.5])  # outside [0, 1]: caught only while validation is on
+    with pytest.raises(ValueError, match=r"probs must lie in \[0, 1\]"):
+        focal_loss(bad, torch.zeros(2))
+    with validation(False):
+        assert torch.isfinite(focal_loss(bad, torch.zeros(2)))
+        with pytest.raises(ValueError, match=r"probs has shape \[2, 2\]"):  # shapes are still checked
+            focal_loss(torch.rand(2, 2), torch.zeros(2))
 
 
 # ---------------------------------------------------------------- weighting
@@ -203,6 +224,44 @@ def test_uncertainty_weighting_formula():
     la, lb = torch.tensor(3.0), torch.tensor(0.2)
     expected = 2.0 * (math.exp(-0.5) * 3.0 + 0.5) + 1.0 * (math.exp(1.0) * 0.2 - 1.0)
     torch.testing.assert_close(uw({"a": la, "b": lb}), torch.tensor(expected))
+
+
+def test_inward_clamp_forward_is_the_clamp_and_gradient_points_inside():
+    x = torch.tensor([-5.0, -5.0, 0.3, 5.0, 5.0], requires_grad=True)
+    y = inward_clamp(x, -4.0, 4.0)
+    assert y.tolist() == [-4.0, -4.0, 0.3000000119, 4.0, 4.0] or torch.equal(y, x.clamp(-4, 4))
+    g = torch.tensor([-2.0, 2.0, 0.7, -3.0, 3.0])  # grads: inward, outward, inside, outward, inward
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert gx.tolist() == pytest.approx([-2.0, 0.0, 0.7, 0.0, 3.0])
+
+
+def test_uncertainty_log_var_outside_the_clamp_is_pulled_back():
+    # the defect of the plain clamp: init 4.2, loss 0.01 -> gradient exactly 0 forever, weight
+    # stuck at exp(-4) = 0.0183 although the (clamped) optimum is s = -4, weight e^4 = 54.6
+    uw = UncertaintyWeighting(["a"], init_log_var=4.2)
+    uw({"a": torch.tensor(0.01)}).backward()
+    assert uw.task_log_vars.grad.item() == pytest.approx(1 - math.exp(-4) * 0.01)  # nonzero, points inside
+    opt = torch.optim.Adam(uw.parameters(), lr=0.05)
+    for _ in range(400):
+        opt.zero_grad()
+        uw({"a": torch.tensor(0.01)}).backward()
+        opt.step()
+    assert uw.log_vars().item() == -4.0
+    assert uw.effective_weights()["a"] == pytest.approx(math.exp(4.0), rel=1e-6)
+    # an optimum inside the bounds is reached from outside (log 0.5 = -0.69 from -4.5)
+    uw = UncertaintyWeighting(["a"], init_log_var=-4.5)
+    opt = torch.optim.Adam(uw.parameters(), lr=0.05)
+    for _ in range(800):
+        opt.zero_grad()
+        uw({"a": torch.tensor(0.5)}).backward()
+        opt.step()
+    assert abs(uw.log_vars().item() - math.log(0.5)) < 1e-2
+
+
+def test_uncertainty_log_var_beyond_an_outside_optimum_is_held_not_pushed():
+    uw = UncertaintyWeighting(["a"], init_log_var=-4.5)
+    uw({"a": torch.tensor(0.01)}).backward()  # optimum log 0.01 = -4.6 < -4: the bound is the optimum
+    assert uw.task_log_vars.grad.item() == 0.0
 
 
 def test_uncertainty_weighting_clamps_log_vars():
@@ -237,7 +296,7 @@ def test_weighting_bad_input():
     uw = UncertaintyWeighting(["a", "b"])
     with pytest.raises(ValueError, match="unknown task 'z'"):
         uw({"z": torch.tensor(1.0)})
-    with pytest.raises(ValueError, match="loss of task 'a' is nan"):
+    with pytest.raises(ValueError, match=r"losses\['a'\] contains NaN"):
         uw({"a": torch.tensor(float("nan"))})
     with pytest.raises(ValueError, match="must be a scalar tensor"):
         uw({"a": torch.ones(3)})
@@ -245,6 +304,12 @@ def test_weighting_bad_input():
         UncertaintyWeighting(["a"], weights={"q": 1.0})
     with pytest.raises(ValueError, match="duplicates"):
         FixedWeighting(["a", "a"])
+    with pytest.raises(ValueError, match="task_names must be a sequence of task names; got 'ab'"):
+        FixedWeighting("ab")
+    with pytest.raises(ValueError, match=r"weights\['a'\] must be finite; got nan"):
+        FixedWeighting(["a"], {"a": float("nan")})
+    with pytest.raises(ValueError, match=r"weights\['a'\] must be >= 0.0"):
+        UncertaintyWeighting(["a"], {"a": -1.0})
 
 
 def test_fixed_weighting():
@@ -252,6 +317,34 @@ def test_fixed_weighting():
     out = fw({"a": torch.tensor(1.5), "b": torch.tensor(0.5)})
     assert out.item() == pytest.approx(3.5)
     assert FixedWeighting(["a", "b"])({"a": torch.tensor(1.0), "b": torch.tensor(2.0)}).item() == 3.0
+
+
+@pytest.mark.parametrize("kind", ["fixed", "uncertainty"])
+def test_weightings_are_aggregation_hooks_of_the_engine(kind):
+    from ple.fit import Task, TensorData, fit
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 3)
+    data = TensorData(x, {"a": x[:, :1] * 2, "b": x[:, 1:2] * 50})  # two losses 600x apart
+    weigh = FixedWeighting(["a", "b"], {"b": 0.5}) if kind == "fixed" else UncertaintyWeighting(["a", "b"])
+    model = torch.nn.Linear(3, 2)
+    tasks = [Task("a", "regression", output=None), Task("b", "regression")]
+
+    class Split(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = model
+
+        def forward(self, x):
+            y = self.lin(x)
+            return {"a": y[:, :1], "b": y[:, 1:]}
+
+    before = weigh.task_log_vars.detach().clone() if kind == "uncertainty" else None
+    hist = fit(Split(), data, tasks=tasks, epochs=3, batch_size=16, aggregate=weigh, lr=0.05)
+    assert len(hist) == 3 and all(math.isfinite(v) for v in hist.train_loss().ravel())
+    if kind == "uncertainty":  # the hook's parameters joined the optimizer and moved toward log L
+        after = weigh.task_log_vars.detach()
+        assert not torch.equal(before, after) and after[1] > after[0]
 
 
 # ---------------------------------------------------------------- registry dispatch
@@ -289,3 +382,24 @@ def test_empty_batch_gives_zero():
     assert focal_loss(torch.rand(0), torch.rand(0)).item() == 0.0
     assert nll_loss(torch.rand(0, 3), torch.zeros(0, dtype=torch.long)).item() == 0.0
     assert huber_loss(torch.rand(0), torch.rand(0)).item() == 0.0
+
+
+def test_uncertainty_hook_ignores_tasks_without_labels_in_the_batch():
+    from types import SimpleNamespace
+
+    from ple.fit import Batch
+
+    uw = UncertaintyWeighting(["a", "b"])
+    losses = {"a": torch.tensor(0.0), "b": torch.tensor(2.0)}  # a: masked mean of no labelled sample
+    masks = {"a": torch.zeros(4, dtype=torch.bool), "b": torch.ones(4, dtype=torch.bool)}
+    state = SimpleNamespace(batch=Batch((torch.zeros(4, 1),), {}, masks))
+    uw(losses, state).backward()
+    assert uw.task_log_vars.grad[0] == 0.0 and uw.task_log_vars.grad[1] != 0.0
+    uw.task_log_vars.grad = None
+    uw(losses).backward()  # without the engine's state the +s term of task a still pulls s_a down
+    assert uw.task_log_vars.grad[0] == 1.0
+
+
+def test_fixed_weighting_keeps_its_weight_vector():
+    fw = FixedWeighting(["a", "b", "c"], {"b": 2.0})
+    assert fw.task_weights.tolist() == [1.0, 2.0, 1.0]

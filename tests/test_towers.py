@@ -237,3 +237,43 @@ def test_group_basket_fast_and_general_paths_agree():
         shuffled.heads.bias.copy_(grouped.heads.bias[perm])
     x, p = torch.randn(3, 16, 10), _probs(3)
     torch.testing.assert_close(shuffled(x[:, perm], p), grouped(x, p)[:, perm])
+
+
+def test_legacy_basket_with_few_clusters_present_and_gradients():
+    torch.manual_seed(0)
+    basket = ClusterTaskExpertBasket(ACTIVE, input_dim=10, hidden_dims=(4,), num_clusters=20)
+    x = torch.randn(5, 16, 10, requires_grad=True)
+    ids = torch.tensor([3, 3, 17, 3, 17])  # two of twenty clusters present, unsorted
+    out = basket(x, ids)
+    for b in range(5):  # each sample equals the basket run on that sample alone
+        torch.testing.assert_close(out[b], basket(x[b : b + 1], ids[b : b + 1])[0])
+    out.sum().backward()
+    g = basket.weights[0].grad
+    assert g[:, [3, 17]].abs().sum() > 0 and g[:, [0, 1, 2, 4]].abs().sum() == 0
+
+
+def test_task_side_fit_tasks_train_through_the_engine():
+    from ple.fit import TensorData, fit, predict
+
+    specs = [get_task(t) for t in ("ctr", "cvr", "life_stage", "ltv", "brand_prediction")]
+    torch.manual_seed(0)
+    side = TaskSide(specs, input_dim=8, group_dims=(8,), transfer_edges=[("ctr", "cvr", "sequential")])
+    tasks = side.fit_tasks()
+    assert [t.name for t in tasks] == [s.name for s in specs]
+    assert [t.kind for t in tasks] == [s.task_type for s in specs]
+    N = 64
+    x, p = torch.randn(N, 5, 8), _probs(N)
+    targets = {"ctr": (torch.rand(N) < 0.3).float(), "cvr": (torch.rand(N) < 0.2).float(),
+               "life_stage": torch.randint(0, 6, (N,)), "ltv": torch.randn(N),
+               "brand_prediction": torch.randint(0, 128, (N,))}
+    data = TensorData((x, p), targets)
+    hist = fit(side, data, data, tasks=tasks, epochs=2, batch_size=16)
+    assert set(hist.records[-1]["val_metric"]) == set(targets)
+    out = predict(side, (x, p), tasks=tasks)
+    scores = tasks[-1].transform(out["brand_prediction"])
+    assert scores.shape == (N, 128)  # hit@k reads the similarity to every item
+    # the engine's per-sample loss is the task's loss with reduction "none"
+    from ple.losses import task_loss
+
+    per = tasks[0].per_sample_loss(out["ctr"], targets["ctr"])
+    torch.testing.assert_close(per, task_loss("ctr", out["ctr"], targets["ctr"], reduction="none"))
