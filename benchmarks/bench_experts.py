@@ -17,8 +17,9 @@ Usage::
 ``--reference`` also times the sequential forms the package replaced, in the same run: the Temporal
 expert with the Mamba(-1) selective scan stepped through time (a Python loop with a hand-written
 backward) and the liquid cell stepped with its recurrent fused solver, and the Optimal Transport
-expert with 10 Sinkhorn iterations unrolled under autograd on `[B, P, K, K]`. The reference pool is
-the package pool with those two experts swapped for their reference forms.
+expert with 10 Sinkhorn iterations unrolled under autograd on `[B, P, K, K]`, each interleaved rep by
+rep with the package form; the reference pool is the package pool with those two experts swapped
+for their reference forms.
 
 The inputs have the posts' shapes (features 644, transaction sequence 180 x 16, sessions 90 x 8,
 32-point diagrams); their values are random, which does not change the timing. The experts have
@@ -33,15 +34,17 @@ import math
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ple import seed_everything
 from ple.experts.optimal_transport import OptimalTransportExpert
-from ple.experts.pool import ExpertPool, benchmark_experts, synthetic_expert_inputs
+from ple.experts.pool import ExpertPool, benchmark_experts, run_expert, synthetic_expert_inputs
 from ple.experts.temporal import TemporalExpert
 
 # ---------------------------------------------------------------- the reference (sequential) forms
@@ -257,12 +260,25 @@ class ReferenceOptimalTransportExpert(OptimalTransportExpert):
         return unrolled_sinkhorn_cost(a, b, C / C.mean().clamp_min(1e-6), 0.1, 10)
 
 
-def reference_pool(pool: ExpertPool) -> ExpertPool:
-    """`pool` with Temporal and Optimal Transport swapped for their reference forms."""
-    ref = ExpertPool(pool.config, names=pool.names)
-    ref.experts["temporal"] = ReferenceTemporalExpert()
-    ref.experts["optimal_transport"] = ReferenceOptimalTransportExpert()
-    return ref.to(next(pool.parameters()).device)
+REFERENCE_CLASSES = {"temporal": ReferenceTemporalExpert, "optimal_transport": ReferenceOptimalTransportExpert}
+
+
+def time_against_reference(name: str, expert: nn.Module, inputs, reps: int, warmup: int = 1) -> dict:
+    """Forward + backward of expert `name` and of its reference form, interleaved rep by rep (so
+    that load on a shared machine hits both alike); medians in ms."""
+    reference = REFERENCE_CLASSES[name]().to(next(expert.parameters()).device)
+    sync = torch.cuda.synchronize if next(expert.parameters()).is_cuda else (lambda: None)
+    times: dict[str, list[float]] = {"package": [], "reference": []}
+    for rep in range(warmup + reps):
+        for variant, module in (("package", expert), ("reference", reference)):
+            module.zero_grad(set_to_none=True)
+            sync()
+            start = time.perf_counter()
+            run_expert(module, name, inputs).square().mean().backward()
+            sync()
+            if rep >= warmup:
+                times[variant].append(1000 * (time.perf_counter() - start))
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 # ---------------------------------------------------------------- the measurement
@@ -301,9 +317,6 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(args.seed)
     device = torch.device(args.device)
     pool = ExpertPool().to(device)
-    pools = {"package": pool}
-    if args.reference:
-        pools["reference"] = reference_pool(pool)
     given = list(argv if argv is not None else sys.argv[1:])
     if "--out" in given:  # where the lines are written is not part of the measurement
         i = given.index("--out")
@@ -319,33 +332,34 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
 
     def emit(row: dict) -> None:
-        lines.append(json.dumps({**row, **common}, sort_keys=True))
+        # the machine's 1-minute load average when the line was written: on a shared machine,
+        # a load above the core count means the times are inflated (ratios in one run less so)
+        load = {"load_avg_1min": round(os.getloadavg()[0], 2)} if hasattr(os, "getloadavg") else {}
+        lines.append(json.dumps({**row, **common, **load}, sort_keys=True))
         print(lines[-1], flush=True)
 
     for batch in args.batch:
         inputs = synthetic_expert_inputs(
             batch, txn_len=args.txn_len, session_len=args.session_len, seed=args.seed
         ).to(device)
-        totals = {}
-        per_expert: dict[str, dict[str, float]] = {}
-        for variant, p in pools.items():
-            rows = benchmark_experts(inputs, p, reps=args.reps)
-            for row in rows:
-                emit({"bench": "experts", "variant": variant, **row})
-                per_expert.setdefault(row["expert"], {})[variant] = row["fwd_bwd_ms"]
-            totals[variant] = sum(r["fwd_bwd_ms"] for r in rows)
-            emit({"bench": "experts", "variant": variant, "expert": "pool", "batch_size": batch,
-                  "fwd_bwd_ms": totals[variant],
-                  "parameters": sum(r["parameters"] for r in rows)})
+        rows = benchmark_experts(inputs, pool, reps=args.reps)
+        for row in rows:
+            emit({"bench": "experts", "variant": "package", **row})
+        total = sum(r["fwd_bwd_ms"] for r in rows)
+        emit({"bench": "experts", "variant": "package", "expert": "pool", "batch_size": batch,
+              "fwd_bwd_ms": total, "parameters": sum(r["parameters"] for r in rows)})
         if args.reference:
-            for name in ("temporal", "optimal_transport"):
-                t = per_expert[name]
+            pair = {n: time_against_reference(n, pool.experts[n], inputs, args.reps) for n in REFERENCE_CLASSES}
+            for name, t in pair.items():
                 emit({"bench": "experts_speedup", "expert": name, "batch_size": batch,
                       "reference_ms": t["reference"], "package_ms": t["package"],
                       "speedup": t["reference"] / t["package"]})
+            # the reference pool: the same five other experts, the two reference forms
+            others = sum(r["fwd_bwd_ms"] for r in rows if r["expert"] not in pair)
+            ref_total = others + sum(t["reference"] for t in pair.values())
+            pkg_total = others + sum(t["package"] for t in pair.values())
             emit({"bench": "experts_speedup", "expert": "pool", "batch_size": batch,
-                  "reference_ms": totals["reference"], "package_ms": totals["package"],
-                  "speedup": totals["reference"] / totals["package"]})
+                  "reference_ms": ref_total, "package_ms": pkg_total, "speedup": ref_total / pkg_total})
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")

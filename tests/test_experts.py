@@ -442,34 +442,6 @@ def test_world_expert_inputs_feed_the_pool():
     assert out.shared.shape == (5, 512) and torch.isfinite(out.shared).all()
 
 
-# ---------------------------------------------------------------- the experiment harness
-
-
-def test_probe_fits_and_scores():
-    from ple.experts.probe import BestEpochPredictions, PoolProbe, fit_probe, score, target_loss
-
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 30, generator=gen)
-    y = x[:, 0] - 0.5 * x[:, 1]
-    inputs = ExpertInputs(features=x)
-    pool = ExpertPool(ExpertPoolConfig(feature_dim=30), names=("deepfm",))
-    probe = PoolProbe(pool, {"y": 1})
-    idx = np.arange(200)
-    keep = BestEpochPredictions(inputs, {"y": y}, {"y": "regression"}, idx[150:175], idx[175:])
-    hist = fit_probe(probe, inputs, {"y": y}, {"y": "regression"}, idx[:150], val_idx=idx[150:175],
-                     epochs=15, batch_size=50, lr=1e-2, on_epoch=keep)
-    assert hist["train"][-1] < hist["train"][0] and len(hist["val"]) == 15
-    assert score("regression", keep.test_pred["y"], y.numpy()[175:]) > 0.5
-    assert 0 <= keep.best_epoch["y"] < 15
-    assert score("binary", np.array([0.1, 0.9, 0.2, 0.8]), np.array([0, 1, 0, 1])) == 1.0
-    assert score("multiclass", np.eye(3), np.arange(3)) == 1.0
-    assert score("regression", np.arange(5.0), np.arange(5.0)) == 1.0
-    with pytest.raises(ValueError, match="kind"):
-        target_loss("ordinal", torch.zeros(2, 1), torch.zeros(2))
-    with pytest.raises(ValueError, match="no head"):
-        fit_probe(probe, inputs, {"z": y}, {"z": "regression"}, idx[:10])
-
-
 def test_benchmark_rows():
     from ple.experts.pool import benchmark_experts, synthetic_expert_inputs
 
