@@ -523,7 +523,7 @@ def fit(
     batch_size: int = 256,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
-    optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
+    optimizer: torch.optim.Optimizer | Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
     scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
     scheduler_interval: str = "epoch",
     aggregate: Callable[[dict[str, torch.Tensor], FitState], torch.Tensor] | None = None,
@@ -562,7 +562,8 @@ def fit(
     per-task validation losses; the training loss without val), a task name (its metric, in
     its direction) or a callable(record) -> float. keep_best: snapshot the model at that epoch
     and load it back at the end. returns_aux: the model returns (outputs, aux); aux goes to
-    `state.aux` and, if it is a tensor, is added to the loss (a regulariser). autocast: a dtype
+    `state.aux` and is added to the loss if it is a tensor (a regulariser), or if it is a
+    mapping, its "loss" entry (the other entries are diagnostics, e.g. gate weights). autocast: a dtype
     (e.g. torch.bfloat16) for the forward pass; losses are computed in float32.
     progress: a tqdm progress bar over epochs. Returns the `History`.
     """
@@ -593,7 +594,18 @@ def fit(
         ids = {id(p) for p in params}
         params += [p for p in aggregate.parameters() if id(p) not in ids]
     params = [p for p in params if p.requires_grad]
-    opt = optimizer(params) if optimizer is not None else _default_optimizer(params, lr, weight_decay)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        # a ready optimizer (its own parameter groups, e.g. a lower lr for one block); parameters
+        # it lacks (an aggregator's) join as one more group with its defaults
+        opt = optimizer
+        owned = {id(p) for g in opt.param_groups for p in g["params"]}
+        missing = [p for p in params if id(p) not in owned]
+        if missing:
+            opt.add_param_group({"params": missing})
+    elif optimizer is not None:
+        opt = optimizer(params)
+    else:
+        opt = _default_optimizer(params, lr, weight_decay)
     history = History(tuple(names))
     state = FitState(model=model, tasks=tasks, optimizer=opt, scheduler=None, device=device, history=history)
     state.scheduler = scheduler(opt) if scheduler is not None else None
@@ -636,8 +648,9 @@ def fit(
                 state.outputs, state.aux = _outputs_by_task(out, names), aux
                 state.losses = _task_losses(tasks, state.outputs, state.batch)
                 loss = aggregate(state.losses, state)
-                if isinstance(aux, torch.Tensor):
-                    loss = loss + aux
+                aux_loss = aux.get("loss") if isinstance(aux, Mapping) else aux
+                if isinstance(aux_loss, torch.Tensor):
+                    loss = loss + aux_loss
                 state.loss = loss
                 state.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -38,7 +38,11 @@ def normalized_entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
     For n = 1 there is nothing to spread over and the result is 0.
     """
     n = p.shape[dim]
-    entropy = -torch.special.xlogy(p, p).sum(dim)
+    # p log p with the log's argument kept >= the smallest normal number: the value at p = 0 is
+    # still exactly 0, and the gradient stays finite where a weight has underflowed to 0
+    # (xlogy's gradient there is log 0 = -inf, which turns into NaN further back)
+    tiny = torch.finfo(p.dtype).tiny if p.is_floating_point() else 1e-38
+    entropy = -(p * torch.log(p.clamp_min(tiny))).sum(dim)
     if n < 2:
         return torch.zeros_like(entropy)
     return entropy / math.log(n)

@@ -369,3 +369,48 @@ def test_aux_output_is_added_to_the_loss_and_autocast_runs():
     assert set(predict(model, make_data(), tasks=TASKS, returns_aux=True)) == {"reg", "bin"}
     hist = fit(make_model(), make_data(), tasks=TASKS, epochs=1, batch_size=64, autocast=torch.bfloat16)
     assert math.isfinite(hist.records[0]["train_total"])
+
+
+def test_mapping_aux_adds_only_its_loss_entry():
+    class WithDiagnostics(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = make_model()
+
+        def forward(self, x):
+            penalty = 10.0 * sum(p.square().sum() for p in self.body.gates.parameters())
+            return self.body(x), {"loss": penalty, "gates": torch.full((x.shape[0], 3), 1e6)}
+
+    seen = []
+
+    class Grab(Callback):
+        def on_step_end(self, state):
+            task_sum = sum(v.item() for v in state.losses.values())
+            seen.append((state.loss.item(), task_sum, state.aux["loss"].item()))
+
+    fit(WithDiagnostics(), make_data(), tasks=TASKS, epochs=1, batch_size=64, returns_aux=True,
+        callbacks=[Grab()])
+    # the diagnostic entry (huge) is not in the loss; the "loss" entry is
+    assert all(t == pytest.approx(s + a, rel=1e-6) for t, s, a in seen)
+
+
+def test_ready_optimizer_keeps_its_groups_and_gains_the_aggregators():
+    model = make_model()
+    gate_ids = {id(p) for p in model.gates.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in gate_ids]
+    opt = torch.optim.SGD([{"params": rest, "lr": 0.1}, {"params": list(model.gates.parameters()), "lr": 0.0}])
+
+    class Learnt(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(2))
+
+        def forward(self, losses, state=None):
+            return sum(torch.exp(-self.w[i]) * losses[t] + self.w[i] for i, t in enumerate(losses))
+
+    agg = Learnt()
+    before = [p.detach().clone() for p in model.gates.parameters()]
+    fit(model, make_data(), tasks=TASKS, epochs=1, batch_size=64, optimizer=opt, aggregate=agg)
+    # lr 0 for the gates: they did not move; the aggregator's parameter joined and learnt
+    assert all(torch.equal(b, p) for b, p in zip(before, model.gates.parameters()))
+    assert len(opt.param_groups) == 3 and not torch.equal(agg.w.detach(), torch.zeros(2))

@@ -120,3 +120,16 @@ def test_stacked_mlp_members_are_independent():
     assert grad[[0, 1, 3]].abs().sum() == 0
     with pytest.raises(ValueError, match="hidden_dims must name at least one"):
         StackedMLP(4, 3, ())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_normalized_entropy_gradient_is_finite_at_an_underflowed_weight(dtype):
+    logits = torch.tensor([[30.0, 0.0, -1000.0]], dtype=dtype, requires_grad=True)
+    p = torch.softmax(logits, dim=-1)
+    assert float(p[0, 2]) == 0.0  # underflowed
+    normalized_entropy(p).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    # the value is still the formula with 0 log 0 = 0
+    q = p.detach().double()
+    nz = q[q > 0]
+    assert float(normalized_entropy(p.detach())) == pytest.approx(float(-(nz * nz.log()).sum() / math.log(3)), abs=1e-12)
