@@ -122,9 +122,14 @@ class OfflineFits:
             rng.choice(train, cfg.lightgcn_fit_customers, replace=False))
         edges = _edges_of(world, fit_ids)
         local = np.searchsorted(fit_ids, edges[:, 0])
-        _, self.merchant_embedding = lightgcn_embeddings(
-            np.stack([local, edges[:, 1]], 1), len(fit_ids), world.n_merchants, dim=cfg.lightgcn_dim,
-            num_layers=cfg.lightgcn_layers, epochs=cfg.lightgcn_epochs, seed=cfg.seed)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # parallel sparse reductions are not bitwise reproducible
+        try:
+            _, self.merchant_embedding = lightgcn_embeddings(
+                np.stack([local, edges[:, 1]], 1), len(fit_ids), world.n_merchants, dim=cfg.lightgcn_dim,
+                num_layers=cfg.lightgcn_layers, epochs=cfg.lightgcn_epochs, seed=cfg.seed)
+        finally:
+            torch.set_num_threads(threads)
         self.merchant_embedding = self.merchant_embedding.numpy()
         self.merchant_points = poincare_hierarchy_embedding(world.merchant_category, world.merchant_subcategory,
                                                             world.merchant_brand, dim=cfg.poincare_dim, seed=cfg.seed)
@@ -303,7 +308,8 @@ def prepare_world(world, config: PipelineConfig | None = None, *, splits: Mappin
     splits = {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in (splits or split_indices(world.n_customers, seed)).items()}
     if set(splits) != set(SPLITS):
         raise HyperparameterError(f"splits must have the keys {SPLITS}; got {sorted(splits)}")
-    fp = fingerprint("pipeline-v1", _world_id(world), splits["train"], asdict(cfg))
+    settings = {k: v for k, v in asdict(cfg).items() if k != "chunk_size"}  # chunking changes no value
+    fp = fingerprint("pipeline-v1", _world_id(world), splits["train"], settings)
     if cache_dir is None and getattr(world, "out_dir", None):
         cache_dir = str(Path(world.out_dir) / "pipeline")
     root = None if cache_dir is None else Path(cache_dir) / fp

@@ -1,0 +1,179 @@
+"""Benchmark of ple.system: training throughput and peak memory of PLESystem, and peak RSS of the
+streaming data pipeline over one epoch of a world too large to load whole.
+
+Prints one JSON line per figure (and appends them to --out). Figures:
+
+* ``train_throughput``: forward + backward samples/s of `PLESystem` (batched `run`) and of the clear
+  composition (`reference_forward`, a per-task loop) at each batch size, with the process's peak
+  RSS (each size measured in a fresh process); on a GPU also the peak allocated memory.
+* ``pipeline_epoch``: generating a world of --customers to disk, the offline fits (training split
+  only), and the peak RSS of one pass of `StreamingBatches` over the training split, next to the
+  size the same arrays would take in memory.
+
+Usage::
+
+    python benchmarks/bench_system.py --part train --batch-sizes 512 4096
+    python benchmarks/bench_system.py --part pipeline --customers 1000000 --world-dir /tmp/world_1m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+
+
+def _emit(row: dict, out: str | None) -> None:
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def _train_one(args: dict, queue) -> None:
+    import torch
+
+    from ple.system import PLESystem, preset, reference_forward, synthetic_system_inputs
+
+    torch.set_num_threads(args["threads"])
+    device = torch.device(args["device"])
+    torch.manual_seed(0)
+    cfg = preset(args["preset"], use_hmm=True)
+    model = PLESystem(cfg).to(device).train()
+    x = synthetic_system_inputs(cfg, args["batch_size"], seq_len=args["seq_len"], n_points=16, seed=0).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    rows = {}
+    for name, fn in (("batched", lambda: model(x)), ("clear", lambda: reference_forward(model, x))):
+        times = []
+        for rep in range(args["warmup"] + args["reps"]):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = fn()
+            loss = sum(v.float().square().mean() for v in out.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if rep >= args["warmup"]:
+                times.append(time.perf_counter() - start)
+        times.sort()
+        rows[name] = args["batch_size"] / times[len(times) // 2]
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    queue.put(dict(samples_per_s=rows["batched"], clear_samples_per_s=rows["clear"],
+                   peak_rss_mb=_peak_rss_mb(), peak_gpu_mb=gpu_mb,
+                   parameters=sum(p.numel() for p in model.parameters())))
+
+
+def bench_train(a, out) -> None:
+    import torch
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not a.cpu_only else [])
+    ctx = mp.get_context("spawn")
+    for device in devices:
+        for bs in a.batch_sizes:
+            q = ctx.Queue()
+            args = dict(batch_size=bs, preset=a.preset, seq_len=a.seq_len, threads=a.threads, device=device,
+                        warmup=a.warmup, reps=a.reps)
+            p = ctx.Process(target=_train_one, args=(args, q))
+            p.start()
+            res = q.get()
+            p.join()
+            _emit(dict(figure="train_throughput", device=device, preset=a.preset, batch_size=bs,
+                       seq_len=a.seq_len, threads=a.threads, **res), out)
+
+
+def _iterate_epoch(args: dict, queue) -> None:
+    import numpy as np
+    import torch
+
+    from ple.data import world as W
+    from ple.data.pipeline import PipelineConfig, prepare_world
+
+    torch.set_num_threads(args["threads"])
+    world = W.load_world(args["world_dir"])
+    rss_open = _peak_rss_mb()
+    t0 = time.perf_counter()
+    data = prepare_world(world, PipelineConfig(**args["pipeline"]))  # cached: loads
+    t_prepare = time.perf_counter() - t0
+    stream = data.stream("train", args["batch_size"], chunk_size=args["chunk_size"], seed=0)
+    t0 = time.perf_counter()
+    n = 0
+    checksum = 0.0
+    for batch in stream:
+        n += batch.inputs[0].shape[0]
+        checksum += float(batch.inputs[0][:, 0].sum())
+    seconds = time.perf_counter() - t0
+    in_memory = sum(np.dtype(a.dtype).itemsize * int(np.prod(a.shape)) for a in data.arrays.values())
+    queue.put(dict(samples=n, seconds=seconds, samples_per_s=n / seconds, rss_after_open_mb=rss_open,
+                   peak_rss_mb=_peak_rss_mb(), arrays_in_memory_mb=in_memory / 2**20,
+                   load_seconds=t_prepare, checksum=checksum))
+
+
+def bench_pipeline(a, out) -> None:
+    from ple.data import world as W
+    from ple.data.pipeline import PipelineConfig, prepare_world
+
+    root = Path(a.world_dir)
+    t0 = time.perf_counter()
+    if not (root / "world.json").is_file():
+        W.generate(a.customers, seed=0, profile=a.profile, out_dir=str(root), chunk_size=a.chunk_size)
+    t_gen = time.perf_counter() - t0
+    world = W.load_world(str(root))
+    t0 = time.perf_counter()
+    settings = dict(chunk_size=a.chunk_size, lightgcn_epochs=a.lightgcn_epochs,
+                    lightgcn_fit_customers=a.lightgcn_fit_customers, seed=0)
+    data = prepare_world(world, PipelineConfig(**settings))
+    t_fit = time.perf_counter() - t0
+    _emit(dict(figure="pipeline_offline", customers=world.n_customers, profile=a.profile,
+               generate_seconds=t_gen, offline_seconds=t_fit, peak_rss_mb=_peak_rss_mb(),
+               cache=data.cache_dir), out)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_iterate_epoch, args=(dict(world_dir=str(root), chunk_size=a.chunk_size, pipeline=settings,
+                                                      batch_size=a.batch_size, threads=a.threads), q))
+    p.start()
+    res = q.get()
+    p.join()
+    _emit(dict(figure="pipeline_epoch", customers=world.n_customers, profile=a.profile, split="train",
+               chunk_size=a.chunk_size, batch_size=a.batch_size, **res), out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("train", "pipeline", "all"), default="train")
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[512, 4096])
+    ap.add_argument("--seq-len", type=int, default=60, help="transaction steps of the synthetic batch")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cpu-only", action="store_true")
+    ap.add_argument("--customers", type=int, default=1_000_000)
+    ap.add_argument("--profile", default="default", help="world profile of the pipeline run")
+    ap.add_argument("--world-dir", default="/tmp/ple_bench_world")
+    ap.add_argument("--chunk-size", type=int, default=8192)
+    ap.add_argument("--batch-size", type=int, default=4096, help="batch size of the pipeline epoch")
+    ap.add_argument("--lightgcn-epochs", type=int, default=10)
+    ap.add_argument("--lightgcn-fit-customers", type=int, default=10_000)
+    ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    a = ap.parse_args(argv)
+    if a.part in ("train", "all"):
+        bench_train(a, a.out)
+    if a.part in ("pipeline", "all"):
+        bench_pipeline(a, a.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
