@@ -139,8 +139,8 @@ def masked_mean(per_sample: torch.Tensor, mask: torch.Tensor | None = None) -> t
     nothing; with no labelled sample the result is exactly 0 and so is every gradient. No
     host sync: the empty case is handled on the device.
     """
-    if mask is None:
-        return per_sample.mean()
+    if mask is None:  # an empty batch gives 0 here too (its mean would be NaN)
+        return per_sample.mean() if per_sample.numel() else per_sample.sum()
     if mask.shape != per_sample.shape:
         raise ShapeError(f"mask has shape {list(mask.shape)}; expected {list(per_sample.shape)} (one entry per sample)")
     weight = mask.to(per_sample.dtype)
@@ -278,7 +278,8 @@ class FitState:
     """Everything a callback may read or change during `fit`.
 
     losses: the current batch's per-task losses {task: scalar tensor}; loss: their aggregate;
-    aux: what a model returned beside its outputs (`returns_aux=True`); record: the last epoch's
+    aux: what a model returned beside its outputs (`returns_aux=True`); aggregate: the loss
+    aggregation in use (replaceable by a callback, like optimizer); record: the last epoch's
     record; extra: free room for callbacks.
     """
 
@@ -293,6 +294,7 @@ class FitState:
     batch: Batch | None = None
     outputs: dict[str, torch.Tensor] | None = None
     aux: Any = None
+    aggregate: Any = None
     losses: dict[str, torch.Tensor] | None = None
     loss: torch.Tensor | None = None
     record: dict[str, Any] | None = None
@@ -500,7 +502,8 @@ def _validate(model, data, tasks, batch_size, device, returns_aux) -> tuple[dict
     joined = _join(batches, names)
     for b in batches:
         _check_task_keys(b, names)
-    losses = {k: float(v) for k, v in _task_losses(tasks, outputs, joined).items()}
+    with torch.no_grad():  # a loss may read parameters (e.g. item embeddings): no graph here
+        losses = {k: float(v) for k, v in _task_losses(tasks, outputs, joined).items()}
     scores = {}
     for task in tasks:
         pred = task.transform(outputs[task.name].float()).cpu()
@@ -607,7 +610,8 @@ def fit(
     else:
         opt = _default_optimizer(params, lr, weight_decay)
     history = History(tuple(names))
-    state = FitState(model=model, tasks=tasks, optimizer=opt, scheduler=None, device=device, history=history)
+    state = FitState(model=model, tasks=tasks, optimizer=opt, scheduler=None, device=device, history=history,
+                     aggregate=aggregate)
     state.scheduler = scheduler(opt) if scheduler is not None else None
     generator = torch.Generator().manual_seed(seed)
     rng_devices = [device.index or 0] if device.type == "cuda" else []
@@ -638,16 +642,17 @@ def fit(
                 state.batch = batch.to(device)
                 for cb in callbacks:
                     cb.on_batch_start(state)
-                with checks.validation(validate_inputs), torch.autocast(
-                    device.type, dtype=autocast, enabled=autocast is not None
-                ):
-                    out = model(*state.batch.inputs)
-                aux = None
-                if returns_aux:
-                    out, aux = out
-                state.outputs, state.aux = _outputs_by_task(out, names), aux
-                state.losses = _task_losses(tasks, state.outputs, state.batch)
-                loss = aggregate(state.losses, state)
+                # the whole step (forward, task losses, aggregation) runs with the
+                # device-syncing checks off unless validate_inputs
+                with checks.validation(validate_inputs):
+                    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                        out = model(*state.batch.inputs)
+                    aux = None
+                    if returns_aux:
+                        out, aux = out
+                    state.outputs, state.aux = _outputs_by_task(out, names), aux
+                    state.losses = _task_losses(tasks, state.outputs, state.batch)
+                    loss = state.aggregate(state.losses, state)
                 aux_loss = aux.get("loss") if isinstance(aux, Mapping) else aux
                 if isinstance(aux_loss, torch.Tensor):
                     loss = loss + aux_loss

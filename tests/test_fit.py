@@ -414,3 +414,46 @@ def test_ready_optimizer_keeps_its_groups_and_gains_the_aggregators():
     # lr 0 for the gates: they did not move; the aggregator's parameter joined and learnt
     assert all(torch.equal(b, p) for b, p in zip(before, model.gates.parameters()))
     assert len(opt.param_groups) == 3 and not torch.equal(agg.w.detach(), torch.zeros(2))
+
+
+def test_step_runs_losses_and_aggregation_with_validation_off():
+    from ple import checks
+
+    seen = []
+
+    def aggregate(losses, state):
+        seen.append(checks.validation_enabled())
+        return sum(losses.values())
+
+    fit(make_model(), make_data(), tasks=TASKS, epochs=1, batch_size=128, aggregate=aggregate)
+    assert seen and not any(seen)
+    seen.clear()
+    fit(make_model(), make_data(), tasks=TASKS, epochs=1, batch_size=128, aggregate=aggregate,
+        validate_inputs=True)
+    assert seen and all(seen)
+
+
+def test_a_callback_can_swap_the_aggregation():
+    class DropBinaryFromEpoch2(Callback):
+        def on_epoch_start(self, state):
+            if state.epoch == 2:
+                state.aggregate = WeightedSum({"bin": 0.0})
+
+    class GradNorms(Callback):
+        def after_backward(self, state):
+            g = [p.grad for p in state.model.towers[1].parameters() if p.grad is not None]
+            norms.setdefault(state.epoch, []).append(float(sum(x.abs().sum() for x in g)) if g else 0.0)
+
+    norms: dict[int, list[float]] = {}
+    fit(make_model(), make_data(), tasks=TASKS, epochs=3, batch_size=32,
+        callbacks=[DropBinaryFromEpoch2(), GradNorms()])
+    # the binary tower gets gradient in epoch 1 only: from epoch 2 its loss weight is 0
+    assert sorted(norms) == [1, 2, 3]
+    assert min(norms[1]) > 0 and max(norms[2] + norms[3]) == 0.0
+
+
+def test_masked_mean_of_an_empty_batch_without_mask_is_zero():
+    x = torch.zeros(0, requires_grad=True)
+    out = masked_mean(x)
+    assert float(out) == 0.0
+    out.backward()
