@@ -1,16 +1,20 @@
 """Parameter count and forward+backward time of each of the seven shared experts (PLE-3).
 
 Prints one JSON line per expert and batch size:
-``{"bench": "experts", "expert": ..., "variant": "package" | "reference", "parameters": ...,
-"posts_estimate": ..., "batch_size": ..., "fwd_bwd_ms": ..., "threads": ..., "device": ...,
+``{"bench": "experts", "expert": ..., "variant": "package", "parameters": ..., "posts_estimate": ...,
+"batch_size": ..., "fwd_bwd_ms": ..., "threads": ..., "device": ..., "clock": ..., "load_avg_1min": ...,
 "command": ...}``, one line per batch for the whole pool (``"expert": "pool"``), and with
-``--reference`` the speed-up lines (``"bench": "experts_speedup"``: reference / package, same run).
+``--reference`` the speed-up lines (``"bench": "experts_speedup"``: reference / package, same run)
+for the Temporal and OT experts, the scan and the liquid cell alone, and the pool.
 
 Usage::
 
     python benchmarks/bench_experts.py                           # 4096 customers, CPU
     python benchmarks/bench_experts.py --batch 512 4096 --threads 2
     python benchmarks/bench_experts.py --batch 512 --threads 2 --reference
+    python benchmarks/bench_experts.py --batch 512 --threads 1 --clock cpu --reference   # shared machine
+    MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=4294967295 MALLOC_TOP_PAD_=1073741824 \
+        python benchmarks/bench_experts.py --batch 512 4096 --threads 1 --clock cpu   # heap reuse
     python benchmarks/bench_experts.py --device cuda              # on a GPU (times include a synchronize)
     python benchmarks/bench_experts.py --out benchmarks/results/bench_experts.jsonl
 
@@ -19,7 +23,8 @@ expert with the Mamba(-1) selective scan stepped through time (a Python loop wit
 backward) and the liquid cell stepped with its recurrent fused solver, and the Optimal Transport
 expert with 10 Sinkhorn iterations unrolled under autograd on `[B, P, K, K]`, each interleaved rep by
 rep with the package form; the reference pool is the package pool with those two experts swapped
-for their reference forms.
+for their reference forms. The scan alone is compared at the expert's default sizes (sequential:
+64 channels x 8 states, a decay per channel and state; chunked: one head of 64 channels, 8 states).
 
 The inputs have the posts' shapes (features 644, transaction sequence 180 x 16, sessions 90 x 8,
 32-point diagrams); their values are random, which does not change the timing. The experts have
@@ -263,7 +268,8 @@ class ReferenceOptimalTransportExpert(OptimalTransportExpert):
 REFERENCE_CLASSES = {"temporal": ReferenceTemporalExpert, "optimal_transport": ReferenceOptimalTransportExpert}
 
 
-def time_against_reference(name: str, expert: nn.Module, inputs, reps: int, warmup: int = 1) -> dict:
+def time_against_reference(name: str, expert: nn.Module, inputs, reps: int, warmup: int = 1,
+                           clock=time.perf_counter) -> dict:
     """Forward + backward of expert `name` and of its reference form, interleaved rep by rep (so
     that load on a shared machine hits both alike); medians in ms."""
     reference = REFERENCE_CLASSES[name]().to(next(expert.parameters()).device)
@@ -273,12 +279,53 @@ def time_against_reference(name: str, expert: nn.Module, inputs, reps: int, warm
         for variant, module in (("package", expert), ("reference", reference)):
             module.zero_grad(set_to_none=True)
             sync()
-            start = time.perf_counter()
+            start = clock()
             run_expert(module, name, inputs).square().mean().backward()
             sync()
             if rep >= warmup:
-                times[variant].append(1000 * (time.perf_counter() - start))
+                times[variant].append(1000 * (clock() - start))
     return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def time_components(batch: int, txn_len: int, session_len: int, reps: int, clock, device) -> dict:
+    """The two recurrences alone, fwd + bwd, at the Temporal expert's default sizes: the
+    sequential Mamba scan (d_inner 64, a decay per channel and state) against the chunked one
+    (one head of 64 channels, state size 8), and the recurrent liquid cell against the closed form."""
+    from ple.experts.temporal import LiquidCell, selective_scan
+
+    gen = torch.Generator().manual_seed(0)
+    d, n = 64, 8
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen).to(device).requires_grad_(True)
+
+    u, Bm, Cm = rnd(batch, txn_len, d), rnd(batch, txn_len, n), rnd(batch, txn_len, n)
+    delta = (0.01 + 0.1 * torch.rand(batch, txn_len, d, generator=gen)).to(device).requires_grad_(True)
+    A_seq = -torch.rand(d, n, generator=gen).to(device).requires_grad_(True)
+    A_one = -torch.rand(1, generator=gen).to(device).requires_grad_(True)
+    sessions = torch.randn(batch, session_len, 8, generator=gen).to(device)
+    cells = {"reference": SequentialLiquidCell(8, 32).to(device), "package": LiquidCell(8, 32).to(device)}
+    work = {
+        "selective_scan": {
+            "reference": lambda: sequential_selective_scan(u, delta, A_seq, Bm, Cm),
+            "package": lambda: selective_scan(u.unsqueeze(2), delta[..., :1], A_one, Bm, Cm),
+        },
+        "liquid_cell": {k: (lambda c=c: c(sessions)) for k, c in cells.items()},
+    }
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    out = {}
+    for name, pair in work.items():
+        times: dict[str, list[float]] = {"package": [], "reference": []}
+        for rep in range(1 + reps):
+            for variant, fn in pair.items():
+                sync()
+                start = clock()
+                fn().square().mean().backward()
+                sync()
+                if rep >= 1:
+                    times[variant].append(1000 * (clock() - start))
+        out[name] = {k: float(np.median(v)) for k, v in times.items()}
+    return out
 
 
 # ---------------------------------------------------------------- the measurement
@@ -307,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--txn-len", type=int, default=180)
     parser.add_argument("--session-len", type=int, default=90)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time, or this process's CPU time (steadier on a shared machine)")
     parser.add_argument("--reference", action="store_true",
                         help="also time the sequential scan and the unrolled Sinkhorn, with speed-ups")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
@@ -316,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     device = torch.device(args.device)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     pool = ExpertPool().to(device)
     given = list(argv if argv is not None else sys.argv[1:])
     if "--out" in given:  # where the lines are written is not part of the measurement
@@ -327,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "txn_len": args.txn_len,
         "session_len": args.session_len,
+        "clock": args.clock,
+        # glibc's allocator settings, if any: with the defaults, tensors above 32 MB are mapped
+        # afresh (and page-faulted) on every allocation, which makes large batches superlinear
+        **({"malloc_env": malloc} if (malloc := {k: v for k, v in os.environ.items()
+                                                 if k.startswith("MALLOC_")}) else {}),
         "command": ("python benchmarks/bench_experts.py " + " ".join(given)).strip(),
     }
     lines = []
@@ -342,15 +397,21 @@ def main(argv: list[str] | None = None) -> int:
         inputs = synthetic_expert_inputs(
             batch, txn_len=args.txn_len, session_len=args.session_len, seed=args.seed
         ).to(device)
-        rows = benchmark_experts(inputs, pool, reps=args.reps)
+        rows = benchmark_experts(inputs, pool, reps=args.reps, clock=clock)
         for row in rows:
             emit({"bench": "experts", "variant": "package", **row})
         total = sum(r["fwd_bwd_ms"] for r in rows)
         emit({"bench": "experts", "variant": "package", "expert": "pool", "batch_size": batch,
               "fwd_bwd_ms": total, "parameters": sum(r["parameters"] for r in rows)})
         if args.reference:
-            pair = {n: time_against_reference(n, pool.experts[n], inputs, args.reps) for n in REFERENCE_CLASSES}
+            pair = {n: time_against_reference(n, pool.experts[n], inputs, args.reps, clock=clock)
+                    for n in REFERENCE_CLASSES}
             for name, t in pair.items():
+                emit({"bench": "experts_speedup", "expert": name, "batch_size": batch,
+                      "reference_ms": t["reference"], "package_ms": t["package"],
+                      "speedup": t["reference"] / t["package"]})
+            parts = time_components(batch, args.txn_len, args.session_len, args.reps, clock, device)
+            for name, t in parts.items():
                 emit({"bench": "experts_speedup", "expert": name, "batch_size": batch,
                       "reference_ms": t["reference"], "package_ms": t["package"],
                       "speedup": t["reference"] / t["package"]})

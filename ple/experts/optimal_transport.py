@@ -50,13 +50,13 @@ def sinkhorn_log(
     return (P * C).sum((-2, -1)), P
 
 
-def _lse_step(log_w: torch.Tensor, pot: torch.Tensor, K: torch.Tensor, eps: float) -> torch.Tensor:
+def _lse_step(eps_log_w: torch.Tensor, pot: torch.Tensor, K: torch.Tensor, eps: float) -> torch.Tensor:
     # eps log w_i - eps LSE_j((pot_j - C_ij) / eps) for every row, as one [R, K] x [K, K] product:
     # the row maximum m of pot is taken out, so exp((pot - m) / eps) <= 1 and the sum is at
-    # least exp(-max C / eps) > 0 (eq-sinkhorn-matmul)
+    # least exp(-max C / eps) > 0 (eq-sinkhorn-matmul). In place: it runs without autograd.
     m = pot.amax(-1, keepdim=True)
-    s = torch.exp((pot - m) / eps) @ K.transpose(0, 1)
-    return eps * log_w - m - eps * torch.log(s)
+    s = (pot - m).div_(eps).exp_() @ K.transpose(0, 1)
+    return s.log_().mul_(-eps).add_(eps_log_w).sub_(m)
 
 
 @torch.no_grad()
@@ -105,17 +105,18 @@ def sinkhorn_potentials(
         e *= eps_decay
     for e in schedule:
         K_e = torch.exp(-Cd / e)
-        f = _lse_step(log_a, g, K_e, e)
-        g = _lse_step(log_b, f, K_e.transpose(0, 1), e)
-    K_e = torch.exp(-Cd / eps)
-    err = torch.zeros(R * Q, dtype=f.dtype, device=f.device)
+        f = _lse_step(e * log_a, g, K_e, e)
+        g = _lse_step(e * log_b, f, K_e.transpose(0, 1), e)
+    K_e, eps_log_a, eps_log_b, a_rows = torch.exp(-Cd / eps), eps * log_a, eps * log_b, log_a.exp()
+    err = torch.full((R * Q,), float("inf"), dtype=f.dtype, device=f.device)
     for it in range(1, max_iter + 1):
-        f_new = _lse_step(log_a, g, K_e, eps)
-        # rows of the current plan: P 1 = a exp((f - f_new) / eps), so this is |P 1 - a|_1
-        err = (log_a.exp() * torch.expm1((f - f_new) / eps).abs()).sum(-1)
+        f_new = _lse_step(eps_log_a, g, K_e, eps)
+        check = it % check_every == 0 or it == max_iter
+        if check:  # rows of the current plan: P 1 = a exp((f - f_new) / eps), so this is |P 1 - a|_1
+            err = (a_rows * torch.expm1((f - f_new) / eps).abs()).sum(-1)
         f = f_new
-        g = _lse_step(log_b, f, K_e.transpose(0, 1), eps)
-        if tol is not None and it % check_every == 0 and float(err.max()) < tol:
+        g = _lse_step(eps_log_b, f, K_e.transpose(0, 1), eps)
+        if check and tol is not None and float(err.max()) < tol:
             break
     return f.reshape(R, Q, K), g.reshape(R, Q, K), err.reshape(R, Q)
 

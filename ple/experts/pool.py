@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = ['EXPERT_CLASSES', 'ExpertInputs', 'ExpertPoolConfig', 'build_expert', 'run_expert', 'ExpertPoolOutput', 'ExpertPool', 'POSTS_PARAMETER_ESTIMATES', 'synthetic_expert_inputs', 'benchmark_experts', 'world_expert_inputs']
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -227,10 +228,13 @@ def benchmark_experts(
     pool: ExpertPool | None = None,
     reps: int = 3,
     warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[dict]:
-    """Forward + backward wall time of each expert on `inputs` (median of `reps`, after `warmup`).
+    """Forward + backward time of each expert on `inputs` (median of `reps`, after `warmup`).
 
-    Returns one dict per expert: name, parameters, posts_estimate, batch_size, fwd_bwd_ms.
+    `clock` is wall time by default; `time.process_time` (this process's CPU seconds) is steadier
+    on a machine shared with other jobs. Returns one dict per expert: name, parameters,
+    posts_estimate, batch_size, fwd_bwd_ms.
     """
     pool = pool or ExpertPool()
     device = next(pool.parameters()).device
@@ -242,11 +246,11 @@ def benchmark_experts(
         for rep in range(warmup + reps):
             expert.zero_grad(set_to_none=True)
             sync()
-            start = time.perf_counter()
+            start = clock()
             run_expert(expert, name, inputs).square().mean().backward()
             sync()  # GPU kernels run asynchronously: wait for them before reading the clock
             if rep >= warmup:
-                times.append(time.perf_counter() - start)
+                times.append(clock() - start)
         rows.append({
             "expert": name,
             "parameters": sum(p.numel() for p in expert.parameters() if p.requires_grad),
