@@ -262,3 +262,7 @@ def test_measuring_does_not_change_training():
         fit(model, data, None, tasks=[Task(t, "regression") for t in NAMES], epochs=2, batch_size=16, aggregate=hook)
         final.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
     assert torch.equal(final[0], final[1])
+
+
+def test_extraction_is_excluded_from_torch_compile():
+    assert getattr(TaskAffinityComputer.task_gradients, "_torchdynamo_disable", False) is True
