@@ -6,6 +6,11 @@ Prints one JSON line per figure (and appends them to --out). Figures:
 * ``train_throughput``: forward + backward samples/s of `PLESystem` (batched `run`) and of the clear
   composition (`reference_forward`, a per-task loop) at each batch size, with the process's peak
   RSS (each size measured in a fresh process); on a GPU also the peak allocated memory.
+* ``system_experiment``: PLE-4's and PLE-5's stand-in experiments redone on `PLESystem` with the
+  real experts (``--part experiments``): the Stage-2 gate with and without dimension
+  normalisation (no domain prior, no entropy term: where does the weight go?), and uncertainty /
+  fixed / equal loss weighting; per seed, the test metric and normalised oracle gap per task and
+  the mean Stage-2 weight per (task, expert). The chapter reads these rows.
 * ``pipeline_epoch``: generating a world of --customers to disk, the offline fits (training split
   only), and the peak RSS of one pass of `StreamingBatches` over the training split, next to the
   size the same arrays would take in memory.
@@ -14,6 +19,7 @@ Usage::
 
     python benchmarks/bench_system.py --part train --batch-sizes 512 4096
     python benchmarks/bench_system.py --part pipeline --customers 1000000 --world-dir /tmp/world_1m
+    python benchmarks/bench_system.py --part experiments --out benchmarks/results/system_experiments.jsonl
 """
 
 from __future__ import annotations
@@ -150,9 +156,58 @@ def bench_pipeline(a, out) -> None:
                chunk_size=a.chunk_size, batch_size=a.batch_size, **res), out)
 
 
+def bench_experiments(a, out) -> None:
+    import numpy as np
+    import torch
+
+    import ple
+    from ple import metrics as M
+    from ple.data import world as W
+    from ple.data.pipeline import PipelineConfig, prepare_world
+    from ple.fit import evaluate, fit
+    from ple.system import PLESystem, SystemInputs, preset
+
+    torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    world = W.generate(a.exp_customers, seed=0, profile="ci")
+    data = prepare_world(world, PipelineConfig(lightgcn_epochs=10, hmm_iter=10, seed=0), seed=0)
+    base = preset("ci", **data.dims)
+    tasks = list(base.tasks)
+    te = data.splits["test"]
+    y_test = {t: np.asarray(world.labels[t])[te] for t in tasks}
+    oracle = W.oracle(world)
+    oracle_metric = M.evaluate(y_test, {t: oracle[t][te] for t in tasks})
+    chance = {t: M.task_chance(t, y_test[t]) for t in tasks}
+    train, test = data.tensor_data("train"), data.tensor_data("test")
+    x_test = SystemInputs.from_tuple(test.inputs)
+
+    def run(cfg, seed):
+        ple.seed_everything(seed)
+        model = PLESystem(cfg)
+        fit(model.for_fit(), train, tasks=model.fit_tasks(), epochs=a.exp_epochs, batch_size=256, lr=5e-3,
+            weight_decay=0.01, grad_clip=5.0, aggregate=model.aggregator(), returns_aux=True, seed=seed)
+        metric = evaluate(model.for_fit(), test, model.fit_tasks(), returns_aux=True)
+        gap = {t: M.oracle_gap(metric[t], oracle_metric[t], chance[t], M.task_kind(t)) for t in tasks}
+        model.eval()
+        with torch.no_grad():
+            g2 = model.run(x_test).gates2
+        gates = None if g2 is None else g2.mean(0).tolist()
+        return dict(metric=metric, gap=gap, mean_gap=float(np.mean(list(gap.values()))), gates=gates)
+
+    common = dict(figure="system_experiment", customers=world.n_customers, epochs=a.exp_epochs, tasks=tasks,
+                  oracle=oracle_metric, chance=chance)
+    for seed in range(a.exp_seeds):
+        for dn in (True, False):
+            cfg = base.replace(dim_normalize=dn, domain_prior=False, entropy_lambda=0.0)
+            _emit(dict(common, experiment="collapse", dim_normalize=dn, seed=seed, **run(cfg, seed)), out)
+        for w in ("uncertainty", "fixed", "equal"):
+            _emit(dict(common, experiment="weighting", weighting=w, seed=seed, **run(base.replace(loss_weighting=w), seed)), out)
+    print(f"experiments: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("train", "pipeline", "all"), default="train")
+    ap.add_argument("--part", choices=("train", "pipeline", "experiments", "all"), default="train")
     ap.add_argument("--preset", default="default")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[512, 4096])
     ap.add_argument("--seq-len", type=int, default=60, help="transaction steps of the synthetic batch")
@@ -167,12 +222,17 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=4096, help="batch size of the pipeline epoch")
     ap.add_argument("--lightgcn-epochs", type=int, default=10)
     ap.add_argument("--lightgcn-fit-customers", type=int, default=10_000)
+    ap.add_argument("--exp-customers", type=int, default=3000)
+    ap.add_argument("--exp-epochs", type=int, default=4)
+    ap.add_argument("--exp-seeds", type=int, default=2)
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     a = ap.parse_args(argv)
     if a.part in ("train", "all"):
         bench_train(a, a.out)
     if a.part in ("pipeline", "all"):
         bench_pipeline(a, a.out)
+    if a.part in ("experiments", "all"):
+        bench_experiments(a, a.out)
 
 
 if __name__ == "__main__":
