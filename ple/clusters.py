@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['NUM_CLUSTERS', 'CLUSTER_DIM', 'GMMClusterRouter', 'hard_routing', 'ClusterEmbedding']
+__all__ = ['NUM_CLUSTERS', 'FAR_RADIUS', 'CLUSTER_DIM', 'GMMClusterRouter', 'hard_routing', 'ClusterEmbedding']
 
 import numpy as np
 import torch
@@ -20,11 +20,13 @@ from ple.checks import (
     check_finite,
     check_float,
     check_int,
+    check_tensor,
     shape_str,
     validation_enabled,
 )
 
 NUM_CLUSTERS = 20
+FAR_RADIUS = 1e6  # standardised inputs farther out are routed along their ray at this radius
 CLUSTER_DIM = 32
 
 
@@ -75,6 +77,21 @@ class GMMClusterRouter:
         x = self._check(x)
         return (x - self.mean_) / self.scale_
 
+    def _routable(self, x) -> np.ndarray:
+        """Standardised x with every row farther than FAR_RADIUS from the origin pulled back along
+        its ray to that radius. Beyond it the posterior is already one-hot (the squared Mahalanobis
+        distances differ by ~1e12), and the squares of a far-away row would overflow to inf and give
+        NaN posteriors."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (x - self.mean_) / self.scale_
+            m = np.abs(z).max(axis=1, keepdims=True) if z.size else np.zeros((z.shape[0], 1))
+            far = m[:, 0] > FAR_RADIUS
+            if far.any():
+                zf, mf = z[far], m[far]
+                u = np.where(np.isinf(mf), np.where(np.isinf(zf), np.sign(zf), 0.0), zf / mf)  # max |u| = 1
+                z[far] = u * (FAR_RADIUS / np.linalg.norm(u, axis=1, keepdims=True))
+        return z
+
     def fit(self, x) -> GMMClusterRouter:
         """Fit the standardiser and the GMM (EM) on x [N, D]."""
         x = self._check(x, fitted=False)
@@ -86,16 +103,25 @@ class GMMClusterRouter:
         return self
 
     def predict_proba(self, x) -> np.ndarray:
-        """GMM posteriors p(c | x), float32 [N, num_clusters]."""
-        return self.gmm.predict_proba(self.standardize(x)).astype(np.float32)
+        """GMM posteriors p(c | x), float32 [N, num_clusters] (finite for every finite x)."""
+        x = self._check(x)
+        return self.gmm.predict_proba(self._routable(x)).astype(np.float32)
 
     def predict(self, x) -> np.ndarray:
         """Hard assignment argmax_c p(c | x), int64 [N] (the legacy routing)."""
-        return self.gmm.predict(self.standardize(x)).astype(np.int64)
+        x = self._check(x)
+        return self.gmm.predict(self._routable(x)).astype(np.int64)
 
 
 def hard_routing(cluster_probs: torch.Tensor) -> torch.Tensor:
-    """One-hot of the argmax cluster, [B, C] -> [B, C] (same dtype)."""
+    """One-hot of the argmax cluster, [B, C] -> [B, C] (same dtype).
+
+    NaN / inf posteriors raise NonFiniteError (argmax would send them to cluster 0); that scan
+    reads the device, so it runs only while `ple.checks.validation_enabled()`.
+    """
+    check_tensor(cluster_probs, "cluster_probs", ["B", "C"], "GMM posteriors")
+    if not cluster_probs.is_floating_point():
+        raise InputTypeError(f"cluster_probs must be a floating-point tensor; got dtype {cluster_probs.dtype}")
     idx = cluster_probs.argmax(dim=1)
     return torch.nn.functional.one_hot(idx, cluster_probs.shape[1]).to(cluster_probs.dtype)
 

@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['PROB_EPS', 'FOCAL_GAMMA', 'HUBER_DELTA', 'INFONCE_TEMPERATURE', 'LOG_VAR_BOUNDS', 'REDUCTIONS', 'focal_loss', 'focal_loss_with_logits', 'huber_loss', 'mse_loss', 'nll_loss', 'info_nce_loss', 'task_loss', 'FixedWeighting', 'inward_clamp', 'UncertaintyWeighting']
+__all__ = ['PROB_EPS', 'FOCAL_GAMMA', 'HUBER_DELTA', 'INFONCE_TEMPERATURE', 'LOG_VAR_BOUNDS', 'REDUCTIONS', 'INFONCE_NORM_EPS', 'focal_loss', 'focal_loss_with_logits', 'huber_loss', 'mse_loss', 'nll_loss', 'info_nce_loss', 'task_loss', 'FixedWeighting', 'inward_clamp', 'UncertaintyWeighting']
 
 from collections.abc import Mapping, Sequence
 
@@ -32,6 +32,7 @@ HUBER_DELTA = 1.0
 INFONCE_TEMPERATURE = 0.07
 LOG_VAR_BOUNDS = (-4.0, 4.0)
 REDUCTIONS = ("mean", "sum", "none")
+INFONCE_NORM_EPS = 1e-3  # embeddings shorter than this are scaled by 1 / eps, not normalised
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -65,13 +66,22 @@ def _as_batch(t: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _prepare_mask(mask: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor | None:
-    """Sample mask [B] as bool (nonzero = labelled); None (every sample has a label) stays None."""
+    """Sample mask [B] as bool: bool, or 0 / 1 (1 = labelled); None (every sample has a label) stays None.
+
+    Any other value (0.5, NaN) raises ValueError: a fractional mask is not a label indicator
+    (the check reads the device, so it runs only while validation is enabled).
+    """
     if mask is None:
         return None
     mask = _as_batch(mask, "mask")
     if mask.shape[0] != batch:
         raise ShapeError(f"mask has shape {shape_str(mask)}; expected [{batch}] (one entry per sample)")
-    return mask.to(device=device).bool() if mask.dtype == torch.bool else mask.to(device) != 0
+    if mask.dtype == torch.bool:
+        return mask.to(device=device)
+    if validation_enabled() and mask.numel() and bool(((mask != 0) & (mask != 1)).any()):
+        bad = mask[(mask != 0) & (mask != 1)][:3].tolist()
+        raise ValueError(f"mask must hold 0 / 1 or bool (1 = labelled); got values such as {bad}")
+    return mask.to(device) != 0
 
 
 def _fill_masked(target: torch.Tensor, mask: torch.Tensor | None, fill: float | int) -> torch.Tensor:
@@ -267,7 +277,9 @@ def info_nce_loss(
     query: [B, D] (the contrastive tower's embedding); keys: [C, D] (one embedding per brand,
     C = 128 in the world); target: [B] int64, the positive key of each query. With
     normalize=True both sides are L2-normalised first (cosine similarity), the usual setting
-    for tau = 0.07.
+    for tau = 0.07; a vector shorter than INFONCE_NORM_EPS is divided by INFONCE_NORM_EPS
+    instead, so the gradient at a zero query stays bounded (about 1 / (eps tau)), where the
+    default eps of `F.normalize` (1e-12) gave ~1e13.
     """
     check_choice("reduction", reduction, REDUCTIONS)
     temperature = check_float("temperature", temperature, 0.0, low_open=True)
@@ -283,7 +295,7 @@ def info_nce_loss(
     dtype = _compute_dtype(query)
     q, k = query.to(dtype), keys.to(dtype)
     if normalize:
-        q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+        q, k = F.normalize(q, dim=1, eps=INFONCE_NORM_EPS), F.normalize(k, dim=1, eps=INFONCE_NORM_EPS)
     target, mask = _check_class_target(target, q.shape[0], k.shape[0], mask)
     logits = q @ k.T / temperature
     return _reduce(F.cross_entropy(logits, target, reduction="none"), mask, reduction)
@@ -302,9 +314,16 @@ def task_loss(
     focal (focal_alpha, focal_gamma) on the sigmoid output, nll on the softmax output, mse, huber
     (huber_delta), infonce (infonce_tau) on the contrastive embedding against `keys` [C, D].
     reduction "none" gives the per-sample losses [B] a `ple.fit.Task` returns. An unknown task
-    name raises ValueError naming it.
+    name raises ValueError naming it; a prediction whose width is not the task's (3 columns for
+    the 6-class life_stage) raises ShapeError naming pred and the task.
     """
-    spec = get_task(task) if isinstance(task, str) else task
+    if isinstance(task, str):
+        spec = get_task(task)
+    elif isinstance(task, TaskSpec):
+        spec = task
+    else:
+        raise InputTypeError(f"task must be a task name or a TaskSpec; got {type(task).__name__}")
+    _check_task_output(spec, pred, keys)
     if spec.loss == "focal":
         return focal_loss(pred, target, spec.focal_alpha, spec.focal_gamma, mask=mask, reduction=reduction)
     if spec.loss == "nll":
@@ -318,6 +337,22 @@ def task_loss(
             raise ValueError(f"task {spec.name!r} uses InfoNCE: pass keys [C, D] (one embedding per item)")
         return info_nce_loss(pred, keys, target, spec.infonce_tau, mask=mask, reduction=reduction)
     raise ValueError(f"task {spec.name!r} has unknown loss {spec.loss!r}")
+
+
+def _check_task_output(spec: TaskSpec, pred: torch.Tensor, keys: torch.Tensor | None) -> None:
+    """pred's width against the task: num_classes columns (nll), else output_dim ([B] when it is 1);
+    keys [num_classes, D] for a contrastive task."""
+    if not isinstance(pred, torch.Tensor):
+        raise InputTypeError(f"pred must be a torch.Tensor; got {type(pred).__name__}")
+    want = spec.num_classes if spec.loss == "nll" else spec.output_dim
+    width = 1 if pred.dim() == 1 else pred.shape[-1]
+    if pred.dim() not in (1, 2) or width != want:
+        raise ShapeError(
+            f"pred has shape {shape_str(pred)}; expected [B, {want}] for task {spec.name!r} "
+            f"({spec.task_type}, {'num_classes' if spec.loss == 'nll' else 'output_dim'} {want})"
+        )
+    if spec.loss == "infonce" and isinstance(keys, torch.Tensor) and (keys.dim() != 2 or keys.shape[0] != spec.num_classes):
+        raise ShapeError(f"keys has shape {shape_str(keys)}; expected [{spec.num_classes}, D] for task {spec.name!r} (num_classes)")
 
 
 def _check_task_names(task_names: Sequence[str]) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from ple.checks import (
     TaskError,
     check_choice,
     check_features,
+    check_finite,
     check_int,
     check_tensor,
     shape_str,
@@ -152,14 +153,14 @@ class GroupTaskExpertBasket(nn.Module):
         enc_x = torch.cat([x, e_k], dim=2) if self.cluster_input == "encoder" else x
         if self._contiguous:  # one encoder call per group, batched over its tasks
             parts = torch.split(enc_x, self._group_sizes, dim=1)
-            z = torch.cat([self.encoders[g](xg.reshape(-1, xg.shape[2])).reshape(B, xg.shape[1], -1)
+            z = torch.cat([self.encoders[g](xg.reshape(-1, xg.shape[2])).unflatten(0, (B, xg.shape[1]))
                            for g, xg in zip(self.group_names, parts)], dim=1)
         else:
             z = x.new_empty(B, K, self.encoders[self.group_names[0]].out_features)
             for g in self.group_names:
                 idx = self._group_index[g].to(x.device)
                 xg = enc_x.index_select(1, idx)
-                z[:, idx] = self.encoders[g](xg.reshape(-1, xg.shape[2])).reshape(B, len(idx), -1)
+                z[:, idx] = self.encoders[g](xg.reshape(-1, xg.shape[2])).unflatten(0, (B, len(idx)))
         head_x = torch.cat([z, e_k], dim=2) if self.cluster_input == "head" else z
         return self.heads(head_x)
 
@@ -208,6 +209,7 @@ class ClusterTaskExpertBasket(nn.Module):
         if clusters.is_floating_point():
             if clusters.dim() != 2 or clusters.shape[1] != self.num_clusters:
                 raise ShapeError(f"cluster posteriors have shape {shape_str(clusters)}; expected [B, {self.num_clusters}]")
+            check_finite(clusters, "clusters")  # argmax would route NaN rows to cluster 0 (validation only)
             clusters = clusters.argmax(dim=1)
         if clusters.dim() != 1 or clusters.shape[0] != batch:
             raise ShapeError(f"cluster ids have shape {shape_str(clusters)}; expected [{batch}]")

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ple.checks import check_float, check_int, check_tensor
+from ple.checks import check_float, check_int, check_tensor, validation_enabled
 from ple.tasks import TRANSFER_MODES, TRANSFER_STRENGTH  # ("sequential", "feature", "inverse"), 0.5
 
 
@@ -68,11 +68,18 @@ def topological_order(tasks: Sequence[str], edges: Iterable[Sequence]) -> list[s
     Tasks with in-degree 0 enter a FIFO queue in the order given; popping a task appends it to
     the order and removes its out-edges; a target whose in-degree drops to 0 joins the queue.
     O(V + E). Raises ValueError naming an unknown task, an unknown mode, a duplicate edge, or
-    the tasks on a cycle ("ctr -> cvr -> ctr").
+    the tasks on a cycle ("ctr -> cvr -> ctr"); `tasks` must be a sequence of non-empty names
+    (a string such as "ctr" is not split into letters).
     """
+    if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable):
+        raise TypeError(f"tasks must be a sequence of task names; got {tasks!r}")
     tasks = list(tasks)
-    if len(set(tasks)) != len(tasks):
-        raise ValueError(f"tasks has duplicates: {tasks}")
+    bad = [t for t in tasks if not isinstance(t, str) or not t]
+    if bad:
+        raise ValueError(f"tasks must be non-empty strings; got {bad}")
+    dup = sorted({t for t in tasks if tasks.count(t) > 1})
+    if dup:
+        raise ValueError(f"tasks has duplicates: {dup}")
     known = set(tasks)
     edges = _edge_list(edges)
     succ: dict[str, list[str]] = {t: [] for t in tasks}
@@ -130,6 +137,9 @@ class LogitTransfer(nn.Module):
         super().__init__()
         self.edges = _edge_list(edges)
         self.order = topological_order(tasks, self.edges)
+        clash = [t for t in self.order if "__" in t or "." in t]
+        if clash:  # "a__b" -> "c" and "a" -> "b__c" would share the projection key "a__b__c"
+            raise ValueError(f"tasks must not contain '__' or '.' (projection keys join names with '__'); got {clash}")
         self.expert_dim = check_int("expert_dim", expert_dim)
         self.transfer_strength = check_float("transfer_strength", transfer_strength)
         self.projections = nn.ModuleDict()
@@ -139,7 +149,7 @@ class LogitTransfer(nn.Module):
             else:
                 if s not in source_dims:
                     raise ValueError(f"source_dims lacks the prediction width of source task {s!r}")
-                d_in = int(source_dims[s])
+                d_in = check_int(f"source_dims[{s!r}]", source_dims[s])
                 if mode == "inverse" and d_in != 1:
                     raise ValueError(f"inverse transfer needs a binary source; {s!r} predicts {d_in} values")
             self.projections[self.key(s, t)] = nn.Sequential(
@@ -164,7 +174,14 @@ class LogitTransfer(nn.Module):
         x = table[source]
         if x.dim() == 1:
             x = x[:, None]
-        return 1.0 - x if mode == "inverse" else x
+        if mode == "inverse":  # 1 - p is a probability only for p in [0, 1] (a device sync: validation only)
+            if validation_enabled() and x.numel() and bool((x.amin() < 0) | (x.amax() > 1)):
+                raise ValueError(
+                    f"preds[{source!r}] feeds an inverse edge and must lie in [0, 1] (a probability); "
+                    f"got values from {x.amin().item():g} to {x.amax().item():g}"
+                )
+            return 1.0 - x
+        return x
 
     def residual(self, source: str, target: str, x: torch.Tensor) -> torch.Tensor:
         """alpha * SiLU(LN(Linear(x))) for the edge source -> target, [B, expert_dim]."""
@@ -178,6 +195,8 @@ class LogitTransfer(nn.Module):
         hiddens: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """h_expert [B, expert_dim] of task `target` -> h_tower [B, expert_dim]."""
+        if target not in self.order:
+            raise ValueError(f"target {target!r} is not a task of this transfer; the tasks are {self.order}")
         check_tensor(h_expert, "h_expert", ["B", self.expert_dim], "expert_dim")
         out = h_expert
         for source, mode in self.sources(target):

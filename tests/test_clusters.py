@@ -97,3 +97,24 @@ def test_embedding_bad_input():
         emb(torch.full((4, 20), float("nan")))
     with pytest.raises(ValueError, match=r"cluster ids must lie in \[0, 20\)"):
         emb(torch.tensor([0, 20]))
+
+
+# ---------------------------------------------------------------- issue 18: input contract defects
+def test_hard_routing_rejects_nan_posteriors():
+    p = torch.tensor([[float("nan"), 0.5], [0.2, 0.8]])
+    with pytest.raises(ValueError, match="cluster_probs contains NaN"):
+        hard_routing(p)
+    with pytest.raises(ValueError, match=r"cluster_probs has shape \[2\]"):
+        hard_routing(torch.tensor([0.2, 0.8]))
+
+
+def test_router_far_away_input_gets_finite_posteriors(blobs):
+    r = GMMClusterRouter(num_clusters=4, seed=0).fit(blobs)
+    far = np.full((2, 3), 1e160)
+    far[1] *= -1
+    p = r.predict_proba(far)
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    assert (r.predict(far) == p.argmax(1)).all()
+    # inside the radius nothing changes: scikit-learn's posteriors on the standardised input
+    np.testing.assert_allclose(r.predict_proba(blobs), r.gmm.predict_proba(r.standardize(blobs)), atol=1e-6)

@@ -403,3 +403,41 @@ def test_uncertainty_hook_ignores_tasks_without_labels_in_the_batch():
 def test_fixed_weighting_keeps_its_weight_vector():
     fw = FixedWeighting(["a", "b", "c"], {"b": 2.0})
     assert fw.task_weights.tolist() == [1.0, 2.0, 1.0]
+
+
+# ---------------------------------------------------------------- issue 18: input contract defects
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_info_nce_zero_query_has_a_bounded_gradient(dtype):
+    q = torch.zeros(4, 8, dtype=dtype, requires_grad=True)
+    keys = torch.randn(5, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    info_nce_loss(q, keys, torch.tensor([0, 1, 2, 3])).backward()
+    assert torch.isfinite(q.grad.float()).all()
+    assert q.grad.float().abs().max() < 1e5  # was ~1e13 (fp32, bf16) and inf (fp16)
+
+
+def test_fractional_mask_is_an_error_not_a_label():
+    p, y = torch.full((4,), 0.3), torch.ones(4)
+    with pytest.raises(ValueError, match=r"mask must hold 0 / 1"):
+        focal_loss(p, y, mask=torch.tensor([0.5, 1.0, 1.0, 0.0]))
+    # 0 / 1 floats and bools are label indicators
+    a = focal_loss(p, y, mask=torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    b = focal_loss(p, y, mask=torch.tensor([True, True, False, False]))
+    assert torch.equal(a, b)
+
+
+def test_task_loss_checks_the_prediction_width_against_the_task():
+    with pytest.raises(ValueError, match=r"pred has shape \[4, 3\]; expected \[B, 6\] for task 'life_stage'"):
+        task_loss("life_stage", torch.softmax(torch.randn(4, 3), 1), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match=r"pred has shape \[4, 1\]; expected \[B, 12\] for task 'category_uplift'"):
+        task_loss("category_uplift", torch.randn(4, 1), torch.randn(4, 1))
+    with pytest.raises(TypeError, match="task must be a task name or a TaskSpec"):
+        task_loss(3, torch.rand(4), torch.ones(4))
+    assert torch.isfinite(task_loss("life_stage", torch.softmax(torch.randn(4, 6), 1), torch.tensor([0, 1, 5, 0])))
+
+
+def test_uncertainty_weighting_returns_from_beyond_its_clamp():
+    # init 4.2 is outside the clamp (-4, 4); with a small loss the optimum is inside: the gradient
+    # must pull the log-variance back (a plain clamp's gradient is 0 there, forever)
+    uw = UncertaintyWeighting(["a"], init_log_var=4.2)
+    uw({"a": torch.tensor(0.01)}).backward()
+    assert uw.task_log_vars.grad.item() > 0.5  # descent decreases s toward log(0.01)

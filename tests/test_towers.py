@@ -277,3 +277,18 @@ def test_task_side_fit_tasks_train_through_the_engine():
 
     per = tasks[0].per_sample_loss(out["ctr"], targets["ctr"])
     torch.testing.assert_close(per, task_loss("ctr", out["ctr"], targets["ctr"], reduction="none"))
+
+
+# ---------------------------------------------------------------- issue 18: input contract defects
+def test_group_basket_empty_batch_gives_an_empty_output():
+    basket = GroupTaskExpertBasket(GROUPS, input_dim=8, group_dims=(8, 4), expert_dim=4)
+    out = basket(torch.zeros(0, len(ACTIVE), 8), _probs(0))
+    assert out.shape == (0, len(ACTIVE), 4)
+
+
+def test_legacy_basket_rejects_nan_posteriors():
+    basket = ClusterTaskExpertBasket(["a", "b"], input_dim=3, expert_dim=2, num_clusters=4)
+    p = torch.full((2, 4), 0.25)
+    p[0, 1] = float("nan")
+    with pytest.raises(ValueError, match="clusters contains NaN"):
+        basket(torch.randn(2, 2, 3), p)

@@ -145,3 +145,27 @@ def test_transfer_bad_input():
         LogitTransfer(TASK_NAMES, [("ctr", "cvr", "sequential")], {})
     with pytest.raises(ValueError, match="cycle"):
         LogitTransfer(TASK_NAMES, [("ctr", "cvr", "sequential"), ("cvr", "ctr", "sequential")], SOURCE_DIMS)
+
+
+# ---------------------------------------------------------------- issue 18: input contract defects
+def test_topological_order_rejects_a_string_of_task_names():
+    with pytest.raises(TypeError, match="tasks must be a sequence of task names; got 'ctr'"):
+        topological_order("ctr", [])
+    with pytest.raises(ValueError, match="tasks must be non-empty strings"):
+        topological_order(["ctr", ""], [])
+
+
+def test_transfer_rejects_names_whose_projection_keys_would_collide():
+    # ("a__b", "c") and ("a", "b__c") would both use the key "a__b__c"
+    with pytest.raises(ValueError, match="must not contain '__'"):
+        LogitTransfer(["a__b", "c", "a", "b__c"], [("a__b", "c", "feature"), ("a", "b__c", "feature")], {})
+
+
+def test_transfer_unknown_target_and_inverse_edge_out_of_range():
+    lt = LogitTransfer(["churn", "retention"], [("churn", "retention", "inverse")], {"churn": 1}, expert_dim=4)
+    h = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="target 'nope' is not a task of this transfer"):
+        lt("nope", h, {})
+    with pytest.raises(ValueError, match=r"preds\['churn'\] feeds an inverse edge and must lie in \[0, 1\]"):
+        lt("retention", h, {"churn": torch.full((3, 1), 2.0)})
+    assert lt("retention", h, {"churn": torch.full((3, 1), 0.5)}).shape == (3, 4)
