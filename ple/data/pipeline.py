@@ -5,10 +5,11 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['SPLITS', 'DERIVED', 'PipelineConfig', 'split_indices', 'fingerprint', 'OfflineFits', 'PreparedWorld', 'StreamingBatches', 'prepare_world']
+__all__ = ['SPLITS', 'DERIVED', 'PipelineConfig', 'release_pages', 'split_indices', 'fingerprint', 'OfflineFits', 'PreparedWorld', 'StreamingBatches', 'prepare_world']
 
 import hashlib
 import json
+import mmap
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +66,19 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         for k, v in asdict(self).items():
             check_int(f"PipelineConfig.{k}", v, 0 if k == "seed" else 1)
+
+
+def release_pages(arrays) -> None:
+    """Flush and unmap the pages of memmapped arrays that this process has touched
+    (`madvise(MADV_DONTNEED)`): the file stays in the OS page cache, but the process's resident
+    set no longer grows with every chunk read or written, so it stays bounded by the chunk."""
+    for a in arrays:
+        mm = getattr(a, "_mmap", None)
+        if isinstance(a, np.memmap) and mm is not None:
+            if a.mode in ("r+", "w+"):
+                a.flush()
+            if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+                mm.madvise(mmap.MADV_DONTNEED)
 
 
 def split_indices(n_customers: int, seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> dict[str, np.ndarray]:
@@ -170,6 +184,11 @@ class OfflineFits:
         seg = feats.astype(np.float64)[:, W.SEGMENT_DIMS]
         out["cluster_probs"] = self.gmm.predict_proba((seg - self.pca_mean) @ self.pca_basis.T)
         return out
+
+
+def _world_arrays(world) -> list:
+    return [world.features, world.txn_seq, world.session_seq, world.balance_seq, world.interactions,
+            *world.labels.values()]
 
 
 def _edges_of(world, ids: np.ndarray) -> np.ndarray:
@@ -287,6 +306,7 @@ class StreamingBatches:
             if chunk is None or end > hi:
                 lo, hi = start, min(n, max(end, start + self.chunk_size))
                 chunk = self.data.rows(order[lo:hi], self.tasks)
+                release_pages([*self.data.arrays.values(), *self.data.labels.values()])
             a, b = start - lo, end - lo
             yield Batch(tuple(x[a:b] for x in chunk.inputs), {k: v[a:b] for k, v in chunk.targets.items()}, None)
 
@@ -332,6 +352,7 @@ def prepare_world(world, config: PipelineConfig | None = None, *, splits: Mappin
                     root.mkdir(parents=True, exist_ok=True)
                     arrays[k] = np.lib.format.open_memmap(root / f"{k}.npy", "w+", v.dtype, (n, *v.shape[1:]))
             arrays[k][start:stop] = v
+        release_pages([*arrays.values(), *_world_arrays(world)])
     if root is not None:
         for a in arrays.values():
             a.flush()
