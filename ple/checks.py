@@ -5,13 +5,14 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['HyperparameterError', 'InputTypeError', 'ShapeError', 'NonFiniteError', 'TaskError', 'validation_enabled', 'validation', 'shape_str', 'check_int', 'check_float', 'check_dropout', 'check_widths', 'check_choice', 'check_finite', 'check_tensor', 'check_features']
+__all__ = ['HyperparameterError', 'InputTypeError', 'ShapeError', 'NonFiniteError', 'TaskError', 'validation_enabled', 'validation', 'shape_str', 'check_int', 'check_float', 'check_dropout', 'check_widths', 'check_choice', 'check_finite', 'check_tensor', 'check_features', 'check_dtype', 'check_range', 'check_probabilities', 'check_unique', 'check_array']
 
 import contextlib
 import math
 import numbers
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 
 
@@ -189,3 +190,102 @@ def check_features(x: object, expected_dim: int, name: str = "features", dim_nam
     if not x.is_floating_point():
         raise InputTypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
     check_finite(x, name)
+
+
+def check_dtype(x: torch.Tensor, name: str, expected: torch.dtype, what: str = "the module's parameters") -> None:
+    """InputTypeError unless `x` has dtype `expected`: one clear message where torch would say
+    ``mat1 and mat2 must have the same dtype``, e.g. ``x has dtype torch.float64; expected
+    torch.float32 (the module's parameters): convert with x.to(torch.float32)``. Free (host only).
+    Skipped under autocast on x's device, which mixes dtypes on purpose."""
+    if x.dtype != expected and not torch.is_autocast_enabled(x.device.type):
+        raise InputTypeError(f"{name} has dtype {x.dtype}; expected {expected} ({what}): convert with {name}.to({expected})")
+
+
+def check_range(
+    x: object,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    what: str = "",
+) -> None:
+    """ValueError unless every entry of a tensor or array `x` lies in the given range (NaN fails).
+
+    ``probs must lie in [0, 1] (a sigmoid output); got values from -0.2 to 1`` (`what` is the
+    parenthesis). For a tensor this reads its extremes into Python (a device sync), so it runs
+    only while validation is enabled; a NumPy array lives on the host and is always checked.
+    """
+    if isinstance(x, torch.Tensor):
+        if not validation_enabled() or x.numel() == 0:
+            return
+        t = x.detach() if x.is_floating_point() else x.detach().double()
+        lo, hi = torch.aminmax(t)
+        lo, hi, nan = torch.stack([lo.double(), hi.double(), torch.isnan(t).any().double()]).tolist()  # one sync
+    else:
+        a = check_array(x, name, finite=False)
+        if a.size == 0:
+            return
+        nan = bool(np.isnan(a).any())
+        lo, hi = (math.nan, math.nan) if nan else (float(a.min()), float(a.max()))
+    bad_low = low is not None and (lo <= low if low_open else lo < low)
+    bad_high = high is not None and (hi >= high if high_open else hi > high)
+    if nan or bad_low or bad_high:
+        interval = f"{'(' if low_open else '['}{'-inf' if low is None else f'{low:g}'}, " \
+                   f"{'inf' if high is None else f'{high:g}'}{')' if high_open else ']'}"
+        hint = f" ({what})" if what else ""
+        got = "NaN" if nan else f"values from {lo:g} to {hi:g}"
+        raise ValueError(f"{name} must lie in {interval}{hint}; got {got}")
+
+
+def check_probabilities(p: torch.Tensor, name: str, dim: int = -1, atol: float = 1e-3) -> None:
+    """ValueError unless `p` holds probability vectors along `dim` (entries >= 0, sums within
+    `atol` of 1, no NaN): ``cluster_probs must hold probability vectors along dim -1 (>= 0,
+    summing to 1); got entries from -0.1 to 0.9 and sums from 0.8 to 1``. A device sync: runs
+    only while validation is enabled."""
+    if not validation_enabled() or p.numel() == 0:
+        return
+    if p.is_floating_point():  # a low-precision softmax sums to 1 only within a few ulps
+        atol = max(atol, 8 * torch.finfo(p.dtype).eps)
+    sums = p.sum(dim)
+    lo, dev = p.amin(), (sums - 1).abs().amax()
+    if bool((lo < 0) | ~(dev <= atol)):
+        raise ValueError(
+            f"{name} must hold probability vectors along dim {dim} (>= 0, summing to 1); got entries "
+            f"from {lo.item():g} to {p.amax().item():g} and sums from {sums.amin().item():g} to {sums.amax().item():g}"
+        )
+
+
+def check_unique(name: str, values: Sequence[object]) -> tuple:
+    """`values` as a tuple; HyperparameterError naming every value that occurs twice:
+    ``names has duplicates: ['deepfm']``."""
+    values = tuple(values)
+    seen, dup = set(), []
+    for v in values:
+        if v in seen and v not in dup:
+            dup.append(v)
+        seen.add(v)
+    if dup:
+        raise HyperparameterError(f"{name} has duplicates: {dup}")
+    return values
+
+
+def check_array(x: object, name: str, ndim: int | None = None, *, finite: bool = True, dtype: object = np.float64) -> np.ndarray:
+    """`x` as a NumPy array of `dtype` (None keeps its own), with the checks of `check_tensor`:
+    InputTypeError when it cannot be converted (``x must be an array of float64; got str``),
+    ShapeError for the wrong number of axes, NonFiniteError for NaN / inf (host data: always)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        a = np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
+    except (TypeError, ValueError) as err:
+        raise InputTypeError(f"{name} must be an array of {np.dtype(dtype) if dtype is not None else 'numbers'}; "
+                             f"got {type(x).__name__} ({err})") from None
+    if a.dtype.kind not in "biuf":
+        raise InputTypeError(f"{name} must hold numbers; got dtype {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ShapeError(f"{name} has shape {list(a.shape)}; expected {ndim} axes")
+    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise NonFiniteError(f"{name} contains NaN or inf ({int(np.isnan(a).sum())} NaN, {int(np.isinf(a).sum())} inf entries)")
+    return a

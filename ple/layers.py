@@ -16,10 +16,13 @@ from torch import nn
 
 from ple.checks import (  # noqa: F401 (ple.cgc imports check_dropout and check_features from here)
     HyperparameterError,
+    InputTypeError,
     ShapeError,
     check_dropout,
+    check_dtype,
     check_features,
     check_int,
+    check_probabilities,
     check_widths,
     shape_str,
 )
@@ -35,8 +38,15 @@ def normalized_entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
     p: probabilities (non-negative, summing to 1 along `dim`; n = p.shape[dim] entries).
     Returns p's shape without `dim`, in [0, 1]: 1 for the uniform distribution, 0 for a one-hot.
-    For n = 1 there is nothing to spread over and the result is 0.
+    For n = 1 there is nothing to spread over and the result is 0. A `p` that is not a
+    distribution (negative entries, sums off 1, NaN) raises ValueError while validation is on
+    (a device sync; off inside the engine's training step).
     """
+    if not isinstance(p, torch.Tensor):
+        raise InputTypeError(f"p must be a torch.Tensor; got {type(p).__name__}")
+    if p.dim() == 0:
+        raise ShapeError("p has shape []; expected at least one axis (the distribution's)")
+    check_probabilities(p, "p", dim)
     n = p.shape[dim]
     # p log p with the log's argument kept >= the smallest normal number: the value at p = 0 is
     # still exactly 0, and the gradient stays finite where a weight has underflowed to 0
@@ -64,6 +74,19 @@ class MLPBlock(nn.Sequential):
             nn.Dropout(check_dropout(dropout)),
         )
         self.in_features, self.out_features = in_dim, out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_mlp_input(self, x)
+        return super().forward(x)
+
+
+def _check_mlp_input(module: nn.Module, x: object) -> None:
+    """x [..., in_features] (at least [B, in_features]) in the module's dtype; host-side, free."""
+    if not isinstance(x, torch.Tensor):
+        raise InputTypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+    if x.dim() < 2 or x.shape[-1] != module.in_features:
+        raise ShapeError(f"x has shape {shape_str(x)}; expected [B, {module.in_features}] (in_dim)")
+    check_dtype(x, "x", next(module.parameters()).dtype)
 
 
 class MLP(nn.Sequential):
@@ -98,6 +121,11 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.in_features, self.out_features = in_dim, width
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, in_dim] (or [B, ..., in_dim]) -> [B, out_features]; 1-D input is a ShapeError."""
+        _check_mlp_input(self, x)
+        return super().forward(x)
+
 
 class StackedLinear(nn.Module):
     """`num_members` independent affine maps evaluated in one einsum: y_m = x_m W_m + b_m.
@@ -117,6 +145,9 @@ class StackedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_members, out_dim).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise InputTypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+        check_dtype(x, "x", self.weight.dtype)
         if x.dim() == 2 and x.shape[1] == self.in_features:
             return torch.einsum("bi,mio->bmo", x, self.weight) + self.bias
         if x.dim() == 3 and tuple(x.shape[1:]) == (self.num_members, self.in_features):

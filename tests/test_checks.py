@@ -124,3 +124,39 @@ def test_validation_switch_skips_only_the_syncing_checks():
     with pytest.raises(HyperparameterError, match="enabled must be a bool"):
         with validation(0):
             pass
+
+
+# ---------------------------------------------------------------- ranges, dtypes, arrays, duplicates
+def test_check_range_tensor_and_array():
+    from ple.checks import check_range, validation
+
+    check_range(torch.tensor([0.0, 1.0]), "p", 0, 1)
+    with pytest.raises(ValueError, match=r"p must lie in \[0, 1\] \(a probability\); got values from 0 to 2"):
+        check_range(torch.tensor([0.0, 2.0]), "p", 0, 1, what="a probability")
+    with pytest.raises(ValueError, match=r"dt must lie in \(0, inf\]; got values from -1 to 1"):
+        check_range(np.array([-1.0, 1.0]), "dt", 0, low_open=True)
+    with pytest.raises(ValueError, match="got NaN"):
+        check_range(np.array([0.5, np.nan]), "p", 0, 1)
+    with validation(False):  # a tensor's extremes need a device sync: skipped
+        check_range(torch.tensor([5.0]), "p", 0, 1)
+    with pytest.raises(ValueError, match="got NaN"):  # host data: always checked
+        with validation(False):
+            check_range(np.array([np.nan]), "p", 0, 1)
+
+
+def test_check_dtype_probabilities_unique_array():
+    from ple.checks import check_array, check_dtype, check_probabilities, check_unique
+
+    with pytest.raises(InputTypeError, match=r"x has dtype torch.float64; expected torch.float32"):
+        check_dtype(torch.zeros(2, dtype=torch.float64), "x", torch.float32)
+    with pytest.raises(ValueError, match="q must hold probability vectors along dim -1"):
+        check_probabilities(torch.tensor([[0.5, 0.6]]), "q")
+    check_probabilities(torch.tensor([[0.5, 0.5]]).bfloat16(), "q")
+    with pytest.raises(HyperparameterError, match=r"names has duplicates: \['a'\]"):
+        check_unique("names", ["a", "b", "a"])
+    with pytest.raises(InputTypeError, match="x must"):
+        check_array(["a", "b"], "x")
+    with pytest.raises(ShapeError, match=r"x has shape \[3\]; expected 2 axes"):
+        check_array([1, 2, 3], "x", 2)
+    with pytest.raises(NonFiniteError, match="x contains NaN or inf"):
+        check_array([1.0, np.inf], "x")

@@ -133,3 +133,26 @@ def test_normalized_entropy_gradient_is_finite_at_an_underflowed_weight(dtype):
     q = p.detach().double()
     nz = q[q > 0]
     assert float(normalized_entropy(p.detach())) == pytest.approx(float(-(nz * nz.log()).sum() / math.log(3)), abs=1e-12)
+
+
+# ---------------------------------------------------------------- issue 18: input contract defects
+@pytest.mark.parametrize("make", [lambda: MLP(4, [3]), lambda: MLPBlock(4, 3), lambda: StackedLinear(2, 4, 3)])
+def test_layers_reject_1d_input_and_a_foreign_dtype(make):
+    layer = make()
+    with pytest.raises(ValueError, match=r"x has shape \[4\]; expected \[B, 4\]"):
+        layer(torch.randn(4))
+    with pytest.raises(TypeError, match=r"x has dtype torch.float64; expected torch.float32"):
+        layer(torch.randn(2, 4, dtype=torch.float64))
+    assert layer.double()(torch.randn(2, 4, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_normalized_entropy_rejects_what_is_not_a_distribution():
+    from ple.checks import validation
+    from ple.layers import normalized_entropy
+
+    for p in (torch.tensor([2.0, 0.0]), torch.tensor([-0.5, 1.5]), torch.tensor([float("nan"), 1.0])):
+        with pytest.raises(ValueError, match="p must hold probability vectors"):
+            normalized_entropy(p)
+    assert normalized_entropy(torch.tensor([0.5, 0.5])).item() == pytest.approx(1.0)
+    with validation(False):  # inside the training step: no device sync, no check
+        normalized_entropy(torch.tensor([2.0, 0.0]))
