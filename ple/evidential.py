@@ -103,7 +103,7 @@ def evidential_kl(alpha: torch.Tensor, y: torch.Tensor, form: str = "sensoy") ->
 
 
 def dirichlet_risk(alpha: torch.Tensor, y: torch.Tensor, risk: str = "mse") -> torch.Tensor:
-    """The expected loss under p ~ Dir(alpha), [B] (eq-expected-mse, eq-expected-ce, eq-type2-ml):
+    """The expected loss under p ~ Dir(alpha), [B] (eq-expected-mse):
 
     "mse": E||y - p||^2 = sum_j (y_j - p_hat_j)^2 + p_hat_j (1 - p_hat_j) / (S + 1);
     "ce":  E[-sum_j y_j log p_j] = sum_j y_j (psi(S) - psi(alpha_j));
