@@ -249,6 +249,13 @@ class Callback:
     there: clip, project, inspect), the optimizer step, on_step_end; then validation and
     on_epoch_end (state.record holds the epoch's record; set state.stop = True to stop early);
     on_fit_end. A callback may replace state.optimizer or state.scheduler (phases).
+
+    Resuming and skipping: in on_fit_start a callback may set state.epoch to the epochs already
+    completed (the run continues with the next one); in on_epoch_start it may set
+    state.skip_batches (the epoch's first batches are drawn but not trained: a mid-epoch resume),
+    restore state.generator's state (the shuffle) and the epoch's loss sums; in after_backward it
+    may set state.skip_step (no clip, no optimizer step, the gradients dropped, counted in
+    state.skipped_steps; e.g. a non-finite loss). on_step_end runs only after a taken step.
     """
 
     def on_fit_start(self, state: FitState) -> None:
@@ -281,6 +288,13 @@ class FitState:
     aux: what a model returned beside its outputs (`returns_aux=True`); aggregate: the loss
     aggregation in use (replaceable by a callback, like optimizer); record: the last epoch's
     record; extra: free room for callbacks.
+    generator: the shuffling generator (its state at an epoch's start fixes that epoch's order);
+    scaler: a `torch.amp.GradScaler` or None (set it in on_fit_start: the engine then scales the
+    loss, unscales before clipping and steps through it); batch_index: batches of this epoch
+    drawn so far; skip_batches: batches to draw without training at the epoch's start (resume);
+    skip_step: set in after_backward to drop this step; skipped_steps / oom_steps: steps dropped
+    by a callback / by a CUDA out-of-memory error (`fit(skip_oom=True)`); epoch_sum [K + 1] and
+    epoch_batches: the epoch's running loss sums (per task, then the total) and taken steps.
     """
 
     model: nn.Module
@@ -300,6 +314,15 @@ class FitState:
     record: dict[str, Any] | None = None
     stop: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    generator: torch.Generator | None = None
+    scaler: Any = None
+    batch_index: int = 0
+    skip_batches: int = 0
+    skip_step: bool = False
+    skipped_steps: int = 0
+    oom_steps: int = 0
+    epoch_sum: torch.Tensor | None = None
+    epoch_batches: int = 0
 
 
 class WeightedSum(nn.Module):
@@ -541,6 +564,7 @@ def fit(
     autocast: torch.dtype | None = None,
     eval_batch_size: int = 4096,
     progress: bool = False,
+    skip_oom: bool = False,
 ) -> History:
     """Train `model` on `tasks` (eq-mtl-objective) and validate it after every epoch.
 
@@ -568,7 +592,10 @@ def fit(
     `state.aux` and is added to the loss if it is a tensor (a regulariser), or if it is a
     mapping, its "loss" entry (the other entries are diagnostics, e.g. gate weights). autocast: a dtype
     (e.g. torch.bfloat16) for the forward pass; losses are computed in float32.
-    progress: a tqdm progress bar over epochs. Returns the `History`.
+    progress: a tqdm progress bar over epochs. skip_oom: a CUDA out-of-memory error in a step
+    drops that batch (gradients cleared, cache emptied, counted in `state.oom_steps`) instead of
+    ending the run. Callbacks can resume a run mid-epoch and drop steps (see `Callback`); with
+    `state.scaler` set the step goes through the grad scaler. Returns the `History`.
     """
     epochs = check_int("epochs", epochs, 1)
     batch_size = check_int("batch_size", batch_size, 1)
@@ -624,58 +651,88 @@ def fit(
         bar = tqdm(total=epochs, desc="fit", unit="epoch")
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(seed)
+        state.generator = generator
         for cb in callbacks:
             cb.on_fit_start(state)
-        for epoch in range(1, epochs + 1):
+        for epoch in range(state.epoch + 1, epochs + 1):  # a resumed run starts after state.epoch
             state.epoch = epoch
             start = time.perf_counter()
+            state.epoch_sum = torch.zeros(len(tasks) + 1, dtype=acc_dtype, device=device)
+            state.epoch_batches, state.batch_index = 0, 0
             for cb in callbacks:
                 cb.on_epoch_start(state)
             model.train()
-            total = torch.zeros(len(tasks) + 1, dtype=acc_dtype, device=device)
-            n_batches = 0
-            for batch in _as_batches(train, batch_size, shuffle=True, generator=generator):
+            for batch in _as_batches(train, batch_size, shuffle=True, generator=state.generator):
+                if state.batch_index < state.skip_batches:  # resumed mid-epoch: drawn, not trained
+                    state.batch_index += 1
+                    continue
                 if not isinstance(train, TensorData):
                     _check_task_keys(batch, names)
                     if validate_inputs:
                         _check_batch_values(batch, "train")
                 state.batch = batch.to(device)
+                state.skip_step = False
                 for cb in callbacks:
                     cb.on_batch_start(state)
-                # the whole step (forward, task losses, aggregation) runs with the
-                # device-syncing checks off unless validate_inputs
-                with checks.validation(validate_inputs):
-                    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                        out = model(*state.batch.inputs)
-                    aux = None
-                    if returns_aux:
-                        out, aux = out
-                    state.outputs, state.aux = _outputs_by_task(out, names), aux
-                    state.losses = _task_losses(tasks, state.outputs, state.batch)
-                    loss = state.aggregate(state.losses, state)
-                aux_loss = aux.get("loss") if isinstance(aux, Mapping) else aux
-                if isinstance(aux_loss, torch.Tensor):
-                    loss = loss + aux_loss
-                state.loss = loss
-                state.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                try:
+                    # the whole step (forward, task losses, aggregation) runs with the
+                    # device-syncing checks off unless validate_inputs
+                    with checks.validation(validate_inputs):
+                        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                            out = model(*state.batch.inputs)
+                        aux = None
+                        if returns_aux:
+                            out, aux = out
+                        state.outputs, state.aux = _outputs_by_task(out, names), aux
+                        state.losses = _task_losses(tasks, state.outputs, state.batch)
+                        loss = state.aggregate(state.losses, state)
+                    aux_loss = aux.get("loss") if isinstance(aux, Mapping) else aux
+                    if isinstance(aux_loss, torch.Tensor):
+                        loss = loss + aux_loss
+                    state.loss = loss
+                    state.optimizer.zero_grad(set_to_none=True)
+                    (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
+                except torch.OutOfMemoryError:
+                    if not skip_oom:
+                        raise
+                    state.optimizer.zero_grad(set_to_none=True)
+                    state.outputs = state.aux = state.losses = state.loss = loss = out = aux = None
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    state.oom_steps += 1
+                    state.batch_index += 1
+                    continue
                 for cb in callbacks:
                     cb.after_backward(state)
+                if state.skip_step:  # a callback dropped this step (e.g. a non-finite loss)
+                    state.optimizer.zero_grad(set_to_none=True)
+                    state.skipped_steps += 1
+                    state.batch_index += 1
+                    continue
                 if grad_clip is not None:
+                    if state.scaler is not None:
+                        state.scaler.unscale_(state.optimizer)
                     nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-                state.optimizer.step()
+                if state.scaler is not None:
+                    state.scaler.step(state.optimizer)
+                    state.scaler.update()
+                else:
+                    state.optimizer.step()
                 if state.scheduler is not None and scheduler_interval == "step":
                     state.scheduler.step()
                 state.step += 1
-                total += torch.stack([*(state.losses[n].detach() for n in names), loss.detach()]).to(total.dtype)
-                n_batches += 1
+                state.epoch_sum += torch.stack([*(state.losses[n].detach() for n in names), loss.detach()]).to(acc_dtype)
+                state.epoch_batches += 1
+                state.batch_index += 1
                 for cb in callbacks:
                     cb.on_step_end(state)
-            if n_batches == 0:
+            state.skip_batches = 0
+            if state.batch_index == 0:
                 raise ShapeError("the training data yielded no batch")
             if state.scheduler is not None and scheduler_interval == "epoch":
                 state.scheduler.step()
-            means = (total / n_batches).tolist()  # the epoch's one host sync
+            # the epoch's one host sync; NaN where every step of the epoch was dropped
+            means = (state.epoch_sum / max(state.epoch_batches, 1)).tolist() if state.epoch_batches else [math.nan] * (len(tasks) + 1)
             record: dict[str, Any] = {
                 "epoch": epoch,
                 "train_loss": dict(zip(names, means[:-1])),
