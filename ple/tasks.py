@@ -10,6 +10,8 @@ __all__ = ['HMM_MODES', 'EXPERT_NAMES', 'EXPERT_DIMS', 'TASK_TYPES', 'LOSSES', '
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ple.checks import check_float, check_int, check_unique
+
 HMM_MODES: tuple[str, ...] = ("journey", "lifecycle", "behavior")
 EXPERT_NAMES: tuple[str, ...] = (
     "deepfm", "lightgcn", "hgcn", "temporal", "perslay", "causal", "optimal_transport",
@@ -48,6 +50,25 @@ class TaskSpec:
     infonce_tau: float | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string; got {self.name!r}")
+        check_int(f"task {self.name!r}: output_dim", self.output_dim, 1)
+        check_float(f"task {self.name!r}: weight", self.weight, 0.0)
+        if not isinstance(self.active, bool):
+            raise ValueError(f"task {self.name!r}: active must be a bool; got {self.active!r}")
+        if self.num_classes is not None:
+            check_int(f"task {self.name!r}: num_classes", self.num_classes, 2)
+        if self.focal_alpha is not None:
+            check_float(f"task {self.name!r}: focal_alpha", self.focal_alpha, 0.0, 1.0)
+        if self.focal_gamma is not None:
+            check_float(f"task {self.name!r}: focal_gamma", self.focal_gamma, 0.0)
+        if self.huber_delta is not None:
+            check_float(f"task {self.name!r}: huber_delta", self.huber_delta, 0.0, low_open=True)
+        if self.infonce_tau is not None:
+            check_float(f"task {self.name!r}: infonce_tau", self.infonce_tau, 0.0, low_open=True)
+        if isinstance(self.domain_experts, str) or not isinstance(self.domain_experts, tuple):
+            raise ValueError(f"task {self.name!r}: domain_experts must be a tuple of expert names; got {self.domain_experts!r}")
+        check_unique(f"task {self.name!r}: domain_experts", self.domain_experts)
         if self.task_type not in TASK_TYPES:
             raise ValueError(f"task {self.name!r}: task_type {self.task_type!r} not in {TASK_TYPES}")
         if self.loss not in LOSSES:
@@ -63,6 +84,10 @@ class TaskSpec:
             raise ValueError(f"task {self.name!r}: output_dim must be >= 1; got {self.output_dim}")
         if self.task_type in ("multiclass", "contrastive") and not self.num_classes:
             raise ValueError(f"task {self.name!r}: a {self.task_type} task needs num_classes")
+        if self.task_type == "multiclass" and self.num_classes != self.output_dim:
+            raise ValueError(f"task {self.name!r}: a multiclass tower outputs one score per class, so "
+                             f"output_dim must equal num_classes; got output_dim {self.output_dim}, "
+                             f"num_classes {self.num_classes}")
         if self.task_type == "binary" and self.output_dim != 1:
             raise ValueError(f"task {self.name!r}: a binary task has output_dim 1; got {self.output_dim}")
         if self.loss == "focal" and (self.focal_alpha is None or self.focal_gamma is None):
@@ -143,9 +168,20 @@ def get_task(name: str, tasks: Sequence[TaskSpec] = TASKS) -> TaskSpec:
     raise ValueError(f"unknown task {name!r}; known tasks: {[t.name for t in tasks]}")
 
 
+def _check_specs(tasks: object) -> Sequence[TaskSpec]:
+    """`tasks` as a sequence of TaskSpecs; else TypeError naming it."""
+    if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable):
+        raise TypeError(f"tasks must be a sequence of TaskSpecs; got {tasks!r}")
+    tasks = tuple(tasks)
+    bad = [type(t).__name__ for t in tasks if not isinstance(t, TaskSpec)]
+    if bad:
+        raise TypeError(f"tasks must be a sequence of TaskSpecs; got entries of type {sorted(set(bad))}")
+    return tasks
+
+
 def active_tasks(tasks: Sequence[TaskSpec] = TASKS) -> list[TaskSpec]:
     """The active tasks (16 of the 18 in the registry), in registry order."""
-    return [t for t in tasks if t.active]
+    return [t for t in _check_specs(tasks) if t.active]
 
 
 def select_tasks(names: Sequence[str], *, allow_inactive: bool = False,
@@ -192,12 +228,15 @@ def check_transfer_edges(edges: Iterable[tuple[str, str, str]],
             raise ValueError(f"transfer edge {edge!r}: a task cannot transfer to itself")
         if (src, dst) in seen:
             raise ValueError(f"transfer edge {edge!r}: ({src!r}, {dst!r}) appears twice")
+        if mode == "inverse" and by_name[src].task_type != "binary":
+            raise ValueError(f"transfer edge {edge!r}: an inverse edge feeds 1 - p, so its source must be "
+                             f"a binary task; {src!r} is {by_name[src].task_type}")
         seen.add((src, dst))
 
 
 def tasks_by_hmm_mode(tasks: Sequence[TaskSpec] | None = None) -> dict[str, tuple[str, ...]]:
     """HMM mode -> names of the (active, by default) tasks routed to it (PLE-4 table)."""
-    tasks = active_tasks() if tasks is None else tasks
+    tasks = active_tasks() if tasks is None else _check_specs(tasks)
     return {m: tuple(t.name for t in tasks if t.hmm_mode == m) for m in HMM_MODES}
 
 

