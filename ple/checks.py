@@ -63,7 +63,9 @@ def validation(enabled: bool) -> Iterator[None]:
 
 
 def shape_str(x: torch.Tensor) -> str:
-    """A tensor's shape as the error messages print it: ``[32, 600]``."""
+    """A tensor's (or an array's) shape as the error messages print it: ``[32, 600]``."""
+    if not hasattr(x, "shape"):
+        raise InputTypeError(f"x must be a tensor or an array; got {type(x).__name__}")
     return "[" + ", ".join(str(s) for s in x.shape) + "]"
 
 

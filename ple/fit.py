@@ -21,7 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ple import checks, metrics
-from ple.checks import HyperparameterError, ShapeError, TaskError, check_choice, check_float, check_int
+from ple.checks import (
+    HyperparameterError,
+    InputTypeError,
+    ShapeError,
+    TaskError,
+    check_choice,
+    check_float,
+    check_int,
+    check_range,
+    check_unique,
+)
 from ple.tasks import TASK_TYPES
 
 
@@ -122,6 +132,7 @@ def multiclass_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             f"multiclass loss: prediction has shape {list(pred.shape)} and target {list(target.shape)}; "
             "expected logits [B, C] and class indices [B]"
         )
+    check_range(target, "target", 0, pred.shape[1], high_open=True, what="class indices")  # validation only
     return F.cross_entropy(pred, target.long(), reduction="none")
 
 
@@ -163,6 +174,11 @@ class Batch(NamedTuple):
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         """The batch with every tensor on `device`."""
+        for name, group in (("inputs", self.inputs), ("targets", tuple(self.targets.values())),
+                            ("masks", tuple((self.masks or {}).values()))):
+            if not all(isinstance(t, torch.Tensor) for t in group):
+                raise InputTypeError(f"{name} must hold torch.Tensors; got {[type(t).__name__ for t in group]}")
+
         def move(t):
             return t.to(device, non_blocking=non_blocking)
         masks = None if self.masks is None else {k: move(v) for k, v in self.masks.items()}
@@ -826,7 +842,9 @@ def evaluate(
 
 def replica_name(task: str, r: int) -> str:
     """The name of task `task` of replica `r` in a `Replicas` model: ``"task@r"``."""
-    return f"{task}@{r}"
+    if not isinstance(task, str) or not task:
+        raise TaskError(f"task must be a non-empty task name; got {task!r}")
+    return f"{task}@{check_int('r', r, 0)}"
 
 
 class Replicas(nn.Module):
@@ -854,7 +872,7 @@ class Replicas(nn.Module):
         kinds = {type(m) for m in self.models}
         if len(kinds) != 1:
             raise HyperparameterError(f"models must share one architecture; got {sorted(k.__name__ for k in kinds)}")
-        self.task_names = tuple(task_names)
+        self.task_names = check_unique("task_names", task_names)
         params, buffers = torch.func.stack_module_state(self.models)
         self._names = list(params)
         self.stacked = nn.ParameterList(nn.Parameter(params[k].detach()) for k in self._names)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ple.checks import check_float, check_int
+from ple.checks import InputTypeError, ShapeError, check_array, check_float, check_int
 
 INPUT_DIM = 100  # d
 SCALE = 1.0  # c
@@ -26,6 +26,9 @@ def orthonormal_pair(input_dim: int, rng: np.random.Generator) -> tuple[np.ndarr
     u1 = a / |a|;  u2 = (b - (u1.b) u1) / |b - (u1.b) u1|  (the projection is removed twice,
     so u1.u2 is zero to rounding). Returns float64 [input_dim] each.
     """
+    input_dim = check_int("input_dim", input_dim, 2)  # two orthonormal vectors need two dimensions
+    if not isinstance(rng, np.random.Generator):
+        raise InputTypeError(f"rng must be a numpy.random.Generator; got {type(rng).__name__}")
     a, b = rng.standard_normal((2, input_dim))
     u1 = a / np.linalg.norm(a)
     u2 = b
@@ -41,7 +44,11 @@ def task_weights(
 
     For orthonormal u1, u2: |w1| = |w2| = c and cos(w1, w2) = p.
     """
-    p = correlation
+    p = check_float("correlation", correlation, -1.0, 1.0)
+    scale = check_float("scale", scale)
+    u1, u2 = check_array(u1, "u1", 1), check_array(u2, "u2", 1)
+    if u1.shape != u2.shape:
+        raise ShapeError(f"u2 has shape {list(u2.shape)}; expected {list(u1.shape)} (as u1)")
     return scale * u1, scale * (p * u1 + math.sqrt(max(0.0, 1.0 - p * p)) * u2)
 
 
