@@ -30,6 +30,8 @@ from ple.checks import (  # noqa: F401 (ple.cgc imports check_dropout and check_
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     """Number of scalar parameters of `module` (only those with requires_grad by default)."""
+    if not isinstance(module, nn.Module):
+        raise InputTypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
