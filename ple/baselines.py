@@ -128,6 +128,9 @@ class EncodedModel(nn.Module):
 
     def __init__(self, encoder: nn.Module, body: nn.Module) -> None:
         super().__init__()
+        for name, m in (("encoder", encoder), ("body", body)):
+            if not isinstance(m, nn.Module):
+                raise InputTypeError(f"{name} must be a torch.nn.Module; got {type(m).__name__}")
         self.encoder = encoder
         self.body = body
 
@@ -218,6 +221,8 @@ class ScoreEachEpoch(Callback):
         if not isinstance(key, str) or key in ("epoch", "seconds", "train_loss", "train_total", "val_loss",
                                                "val_metric", "val_total"):
             raise TaskError(f"key must be a str that is not one of fit's own record keys; got {key!r}")
+        if not isinstance(data, TensorData):
+            raise InputTypeError(f"data must be a ple.fit.TensorData; got {type(data).__name__}")
         self.data, self.key = data, key
         self.batch_size = check_int("batch_size", batch_size, 1)
 
@@ -232,6 +237,8 @@ def at_best_epoch(history: History, key: str = "test_metric") -> dict[str, float
 
     key: what a `ScoreEachEpoch` callback wrote (default "test_metric"), or "val_metric".
     """
+    if not isinstance(history, History):
+        raise InputTypeError(f"history must be the ple.fit.History that fit returned; got {type(history).__name__}")
     missing = [t for t in history.tasks if t not in history.best_epoch]
     if missing:
         raise TaskError(f"history has no best validation epoch for tasks {missing}; fit with val= data")
@@ -268,6 +275,8 @@ CENSUS_PAPER_TASKS = ("income", "never_married")
 def census_tensor_data(data, tasks: Sequence[str] = CENSUS_PAPER_TASKS) -> TensorData:
     """A ``ple.data.census.CensusData`` split as a `TensorData`: inputs (categorical int64
     [N, C], numerical float32 [N, M]), targets {task: float32 0/1 [N]}."""
+    if not all(hasattr(data, a) for a in ("categorical", "numerical", "labels")):
+        raise InputTypeError(f"data must be a ple.data.census.CensusData split; got {type(data).__name__}")
     missing = [t for t in tasks if t not in data.labels]
     if missing:
         raise TaskError(f"tasks {missing} are not Census labels; expected from {sorted(data.labels)}")
@@ -283,6 +292,8 @@ def census_tensor_data(data, tasks: Sequence[str] = CENSUS_PAPER_TASKS) -> Tenso
 def census_encoder(splits, embedding_dim: int = 4) -> Callable[[], TabularEmbedding]:
     """A factory of the Census input encoder: ``TabularEmbedding(cat_cardinalities, number of
     numerical columns, embedding_dim)`` for ``ple.data.census.CensusSplits`` (for `build_model`)."""
+    if not all(hasattr(splits, a) for a in ("cat_cardinalities", "train")):
+        raise InputTypeError(f"splits must be a ple.data.census.CensusSplits; got {type(splits).__name__}")
     cards, num = list(splits.cat_cardinalities), int(np.asarray(splits.train.numerical).shape[1])
     embedding_dim = check_int("embedding_dim", embedding_dim, 1)
     return lambda: TabularEmbedding(cards, num, embedding_dim)
