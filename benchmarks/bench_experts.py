@@ -13,6 +13,7 @@ Usage::
     python benchmarks/bench_experts.py --batch 512 4096 --threads 2
     python benchmarks/bench_experts.py --batch 512 --threads 2 --reference
     python benchmarks/bench_experts.py --batch 512 --threads 1 --clock cpu --reference   # shared machine
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_experts.py --batch 512 --threads 2 --clock cpu --reference
     MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=4294967295 MALLOC_TOP_PAD_=1073741824 \
         python benchmarks/bench_experts.py --batch 512 4096 --threads 1 --clock cpu   # heap reuse
     python benchmarks/bench_experts.py --device cuda              # on a GPU (times include a synchronize)
@@ -382,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         # afresh (and page-faulted) on every allocation, which makes large batches superlinear
         **({"malloc_env": malloc} if (malloc := {k: v for k, v in os.environ.items()
                                                  if k.startswith("MALLOC_")}) else {}),
+        # OpenMP's wait policy, if set: with more than one thread on a loaded machine, the default
+        # (spinning) burns CPU time while a thread waits for one that is not scheduled
+        **({"omp_env": omp} if (omp := {k: v for k, v in os.environ.items()
+                                        if k.startswith(("OMP_", "GOMP_"))}) else {}),
         "command": ("python benchmarks/bench_experts.py " + " ".join(given)).strip(),
     }
     lines = []

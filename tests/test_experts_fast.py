@@ -31,7 +31,14 @@ from ple.experts.optimal_transport import (
     sinkhorn_value,
 )
 from ple.experts.perslay import persistence_diagrams
-from ple.experts.temporal import LiquidCell, SelectiveSSM, selective_scan, ssd_scan
+from ple.experts.temporal import (
+    LiquidCell,
+    SelectiveSSM,
+    _CausalConvSiLU,
+    _LinearRecurrence,
+    selective_scan,
+    ssd_scan,
+)
 
 f64 = torch.float64
 
@@ -139,6 +146,46 @@ def test_selective_ssm_block_is_causal(gen):
     assert torch.allclose(y[:, :9], y2[:, :9], atol=1e-12) and not torch.allclose(y[:, 9:], y2[:, 9:])
 
 
+
+@pytest.mark.parametrize("T", [1, 2, 3, 11])
+def test_causal_conv_silu_is_the_depthwise_conv1d(gen, T):
+    # the block's shifted multiply-adds against torch's depthwise conv1d, cut to its causal part
+    C, K = 5, 4
+    conv = torch.nn.Conv1d(C, C, K, groups=C, padding=K - 1).double()
+    u = torch.randn(3, T, C, generator=gen, dtype=f64, requires_grad=True)
+    want = F.silu(conv(u.transpose(1, 2))[..., :T].transpose(1, 2))
+    got = _CausalConvSiLU.apply(u, conv.weight.squeeze(1), conv.bias)
+    assert torch.allclose(got, want, atol=1e-13)
+    w = conv.weight.detach().squeeze(1).clone().requires_grad_(True)
+    b = conv.bias.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(_CausalConvSiLU.apply, (u, w, b))
+
+
+def test_selective_ssm_inputs_match_the_conv1d_block(gen):
+    ssm = SelectiveSSM(8, d_state=4, expand=2, n_heads=2).double()
+    x = torch.randn(2, 9, 8, generator=gen, dtype=f64)
+    u, z = ssm.in_proj(x).chunk(2, dim=-1)  # the block as written: one projection, then conv1d
+    u = F.silu(ssm.conv(u.transpose(1, 2))[..., :9].transpose(1, 2))
+    p = ssm.ssm_inputs(x)
+    assert torch.allclose(p["u"].flatten(2), u, atol=1e-13) and torch.allclose(p["z"].flatten(2), z)
+
+
+def test_linear_recurrence_matches_a_loop_and_gradcheck(gen):
+    a = torch.rand(2, 7, 3, generator=gen, dtype=f64, requires_grad=True)
+    b = torch.randn(2, 7, 3, generator=gen, dtype=f64, requires_grad=True)
+    x, xs = torch.zeros(2, 3, dtype=f64), []
+    for t in range(7):
+        x = a[:, t] * x + b[:, t]
+        xs.append(x)
+    b_before = b.detach().clone()
+    assert torch.allclose(_LinearRecurrence.apply(a, b), torch.stack(xs, 1), atol=1e-14)
+    one = b.detach()[:, :1].clone()  # T = 1: already contiguous time-major, must not be filled in place
+    assert torch.equal(_LinearRecurrence.apply(a.detach()[:, :1], one), one)
+    assert torch.equal(b.detach(), b_before)
+    assert torch.autograd.gradcheck(_LinearRecurrence.apply, (a, b))
+    assert torch.autograd.gradcheck(_LinearRecurrence.apply, (a[:, :1], b[:, :1]))
+
+
 # ---------------------------------------------------------------- the liquid cell (eq-cfc)
 
 
@@ -197,6 +244,22 @@ def test_sinkhorn_value_matches_pot_at_the_expert_settings(gen):
             v = (Pp * C.numpy()).sum() + eps * (Pp * np.log(np.maximum(Pp, 1e-300))).sum() - eps
             worst = max(worst, abs(v - float(value[i, p])))
     assert worst < 1e-6, worst
+
+
+
+def test_sinkhorn_stops_each_pair_at_the_tolerance(gen):
+    # pairs stop one by one: every pair meets the tolerance, and a pair's potentials are those it
+    # gets alone, whatever else is in the batch
+    a, b, C = ot_problem(gen, R=64, Q=6)
+    a = torch.cat([a, torch.softmax(8 * torch.randn(8, 8, generator=gen, dtype=f64), -1)])  # slow pairs
+    f, g, err = sinkhorn_potentials(a, b, C, 0.1, tol=1e-6, max_iter=2000)
+    assert float(err.max()) < 1e-6
+    for i in (0, 5, 70):
+        f1, g1, _ = sinkhorn_potentials(a[i : i + 1], b, C, 0.1, tol=1e-6, max_iter=2000)
+        assert torch.allclose(f1[0], f[i], atol=1e-12) and torch.allclose(g1[0], g[i], atol=1e-12)
+    # without a tolerance every pair runs max_iter iterations
+    _, _, err_fixed = sinkhorn_potentials(a, b, C, 0.1, tol=None, max_iter=7)
+    assert torch.isfinite(err_fixed).all() and float(err_fixed.max()) > 1e-6
 
 
 def test_sinkhorn_cost_against_exact_ot(gen):

@@ -78,9 +78,11 @@ def sinkhorn_potentials(
     Pairs (a_i, b_p) for all i, p share the cost C, so each half-step is one stabilised
     `[R, K] x [K, K]` product (R = rows x prototypes; eq-sinkhorn-matmul), in a's dtype. epsilon-scaling:
     `iters_per_eps` iterations at eps_start, eps_start * eps_decay, ... down to `eps`, then
-    iterations at `eps` until the row-marginal error ``max_r |P_r 1 - a_r|_1`` is below `tol`
-    (read every `check_every` iterations) or `max_iter` is reached; `tol=None` runs exactly
-    `max_iter` iterations at `eps` with no device-to-host read.
+    iterations at `eps` per pair: every `check_every` iterations the pairs whose row-marginal error
+    ``|P 1 - a|_1`` is below `tol` stop (their rows leave the product), the others go on, up to
+    `max_iter`. A batch costs what its pairs need, not what its slowest pair needs, and a pair's
+    result does not depend on the other pairs in the batch. `tol=None` runs exactly `max_iter`
+    iterations at `eps` for every pair, with no device-to-host read.
 
     Args:
         a: `[R, K]` source histograms; b: `[Q, K]` targets; C: `[K, K]` cost with max C <= 1.
@@ -109,6 +111,8 @@ def sinkhorn_potentials(
         g = _lse_step(e * log_b, f, K_e.transpose(0, 1), e)
     K_e, eps_log_a, eps_log_b, a_rows = torch.exp(-Cd / eps), eps * log_a, eps * log_b, log_a.exp()
     err = torch.full((R * Q,), float("inf"), dtype=f.dtype, device=f.device)
+    f_out, g_out, err_out = torch.empty_like(f), torch.empty_like(g), torch.empty_like(err)
+    active = torch.arange(R * Q, device=f.device)  # the pairs still iterating, in f_out's rows
     for it in range(1, max_iter + 1):
         f_new = _lse_step(eps_log_a, g, K_e, eps)
         check = it % check_every == 0 or it == max_iter
@@ -116,9 +120,18 @@ def sinkhorn_potentials(
             err = (a_rows * torch.expm1((f - f_new) / eps).abs()).sum(-1)
         f = f_new
         g = _lse_step(eps_log_b, f, K_e.transpose(0, 1), eps)
-        if check and tol is not None and float(err.max()) < tol:
-            break
-    return f.reshape(R, Q, K), g.reshape(R, Q, K), err.reshape(R, Q)
+        if check and tol is not None:
+            done = err < tol
+            n_done = int(done.sum())
+            if n_done == len(active):
+                break
+            if n_done:  # converged pairs are written out and leave the batch
+                idx, keep = active[done], ~done
+                f_out[idx], g_out[idx], err_out[idx] = f[done], g[done], err[done]
+                active, f, g, err = active[keep], f[keep], g[keep], err[keep]
+                eps_log_a, eps_log_b, a_rows = eps_log_a[keep], eps_log_b[keep], a_rows[keep]
+    f_out[active], g_out[active], err_out[active] = f, g, err
+    return f_out.reshape(R, Q, K), g_out.reshape(R, Q, K), err_out.reshape(R, Q)
 
 
 class _SinkhornValue(torch.autograd.Function):

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ple.checks import check_tensor
 from ple.experts.base import SharedExpert
@@ -136,6 +137,43 @@ def selective_scan(
     return y
 
 
+class _CausalConvSiLU(torch.autograd.Function):
+    """``SiLU(b + sum_k w_k u_{t-K+1+k})``: the block's causal depthwise convolution and activation,
+    channels last. u `[B, T, C]`, w `[C, K]`, b `[C]` -> `[B, T, C]`.
+
+    As K in-place multiply-adds of time-shifted views, forward and backward: the library's
+    depthwise `conv1d` wants `[B, C, T]`, so it costs two layout copies each way, and its backward
+    is slower than the whole scan (the chapter's profile)."""
+
+    @staticmethod
+    def forward(ctx, u, w, b):  # type: ignore[override]
+        K, T = w.shape[1], u.shape[1]
+        taps = w.t().contiguous()  # [K, C]: each tap a contiguous row (a strided one halves the speed)
+        a = torch.addcmul(b, u, taps[K - 1])  # tap K-1 reads the current step
+        for k in range(K - 1):
+            s = K - 1 - k  # tap k reads s steps back; the first s steps see the zero padding
+            if s < T:
+                a[:, s:].addcmul_(u[:, : T - s], taps[k])
+        ctx.save_for_backward(u, taps, a)
+        return F.silu(a)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        u, taps, a = ctx.saved_tensors
+        K, T = taps.shape[0], u.shape[1]
+        ga = torch.ops.aten.silu_backward(grad, a)
+        gu = ga * taps[K - 1]
+        gw = torch.zeros_like(taps)
+        for k in range(K):
+            s = K - 1 - k
+            if s < T:
+                gw[k] = (ga[:, s:] * u[:, : T - s]).sum((0, 1))
+                if s:
+                    gu[:, : T - s].addcmul_(ga[:, s:], taps[k])
+        return gu, gw.t(), ga.sum((0, 1))
+
+
 class SelectiveSSM(nn.Module):
     """A Mamba-2 block (Dao & Gu 2024) around `selective_scan` (eq-ssm).
 
@@ -176,8 +214,11 @@ class SelectiveSSM(nn.Module):
         """The selective parameters for input `x` `[B, T, d_model]`: u `[B, T, H, P]`, delta
         `[B, T, H]`, A `[H]`, B, C `[B, T, N]`, D `[H]`, gate z `[B, T, H, P]`."""
         bsz, T, _ = x.shape
-        u, z = self.in_proj(x).chunk(2, dim=-1)
-        u = F.silu(self.conv(u.transpose(1, 2))[..., :T].transpose(1, 2))  # causal: left context only
+        d_inner, W, b = self.conv.in_channels, self.in_proj.weight, self.in_proj.bias
+        # u and z as two products: no [B, T, 2 d_inner] tensor to split and no copy to join its gradient
+        u, z = F.linear(x, W[:d_inner], b[:d_inner]), F.linear(x, W[d_inner:], b[d_inner:])
+        # causal (left context only) depthwise convolution + SiLU, channels last: no layout copies
+        u = _CausalConvSiLU.apply(u, self.conv.weight.squeeze(1), self.conv.bias)
         dt, B, C = self.x_proj(u).split([self.n_heads, self.d_state, self.d_state], dim=-1)
         shape = (bsz, T, self.n_heads, self.head_dim)
         return {"u": u.reshape(shape), "delta": F.softplus(dt + self.dt_bias), "A": -torch.exp(self.A_log),
@@ -189,14 +230,43 @@ class SelectiveSSM(nn.Module):
         return self.out_proj((y * F.silu(p["z"])).flatten(2))
 
 
+class _LinearRecurrence(torch.autograd.Function):
+    """``x_t = a_t x_{t-1} + b_t`` (x_0 = b_0) with the reverse recurrence as its backward:
+    ``g_t = x'_t + a_{t+1} g_{t+1}``, ``db_t = g_t``, ``da_t = g_t x_{t-1}``. a, b `[B, T, H]` -> `[B, T, H]`.
+
+    Time-major inside, so each step is one in-place multiply-add on contiguous `[B, H]` rows, and
+    autograd records one node instead of T."""
+
+    @staticmethod
+    def forward(ctx, a, b):  # type: ignore[override]
+        at = a.transpose(0, 1).contiguous()
+        xs = b.transpose(0, 1).clone(memory_format=torch.contiguous_format)  # [T, B, H], filled in place
+        for t in range(1, xs.shape[0]):
+            xs[t].addcmul_(at[t], xs[t - 1])
+        ctx.save_for_backward(at, xs)
+        return xs.transpose(0, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        at, xs = ctx.saved_tensors
+        g = grad.transpose(0, 1).clone(memory_format=torch.contiguous_format)
+        for t in range(g.shape[0] - 2, -1, -1):
+            g[t].addcmul_(at[t + 1], g[t + 1])
+        ga = torch.zeros_like(g)
+        ga[1:] = g[1:] * xs[:-1]
+        return ga.transpose(0, 1), g.transpose(0, 1)
+
+
 class LiquidCell(nn.Module):
     """Liquid time-constant cell in closed form (eq-cfc).
 
     ``f_t = sigmoid(W_in I_t + b)``, ``k_t = 1 / tau + f_t``, ``x_eq,t = f_t A / k_t``;
     ``x_t = exp(-k_t dt_t) x_{t-1} + (1 - exp(-k_t dt_t)) x_eq,t``: the exact solution of the LTC ODE
     over a step with the input held (Hasani et al. 2022). Everything but the last line is computed
-    for all steps at once; the recurrence itself is one fused multiply-add of a `[B, hidden_dim]`
-    state per step (a scalar decay per unit: an [L, L] chunked form would do L times the work).
+    for all steps at once; the recurrence itself is one in-place multiply-add of a `[B, hidden_dim]`
+    state per step, forward and (hand-written) backward (a scalar decay per unit: an [L, L] chunked
+    form would do L times the work).
 
     Shapes: inputs `[B, T, input_dim]`, dt `[B, T]` or None (unit steps) -> states `[B, T, hidden_dim]`.
     """
@@ -221,12 +291,7 @@ class LiquidCell(nn.Module):
 
     def forward(self, inputs: torch.Tensor, dt: torch.Tensor | None = None) -> torch.Tensor:
         decay, drive = self.step_terms(inputs, dt)
-        x = inputs.new_zeros(inputs.shape[0], self.hidden_dim)
-        states = []
-        for a_t, b_t in zip(decay.unbind(1), drive.unbind(1)):  # unbind: one backward node, not T
-            x = torch.addcmul(b_t, a_t, x)  # x_t = a_t x_{t-1} + b_t
-            states.append(x)
-        return torch.stack(states, dim=1)
+        return _LinearRecurrence.apply(decay, drive)  # x_t = a_t x_{t-1} + b_t from x_0 = 0
 
 
 class PatchCausalTransformer(nn.Module):
