@@ -14,7 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ple.checks import HyperparameterError, ShapeError, check_float, check_int, check_tensor, check_widths
+from ple.checks import (
+    HyperparameterError, ShapeError, TaskError, check_float, check_int, check_probabilities, check_tensor,
+    check_unique, check_widths,
+)
 from ple.layers import normalized_entropy
 from ple.tasks import EXPERT_DIMS, EXPERT_NAMES, get_task
 
@@ -51,6 +54,10 @@ def domain_prior_mask(
     Unknown task names raise ValueError (from `ple.tasks.get_task`); a domain expert that is not in
     `expert_names` raises HyperparameterError naming it.
     """
+    if isinstance(task_names, str) or isinstance(expert_names, str):
+        raise TaskError("task_names and expert_names must be sequences of names, not a string")
+    check_unique("task_names", task_names)
+    check_unique("expert_names", expert_names)
     index = {name: i for i, name in enumerate(expert_names)}
     mask = torch.zeros(len(task_names), len(expert_names), dtype=torch.bool)
     for k, task in enumerate(task_names):
@@ -92,6 +99,7 @@ def entropy_regularizer(w: torch.Tensor, entropy_lambda: float = DEFAULT_ENTROPY
     """
     check_tensor(w, "w", ["B", "K", "E"], "gate weights")
     entropy_lambda = check_float("entropy_lambda", entropy_lambda, 0.0)
+    check_probabilities(w, "w")  # a device sync: only while validation is on (off in the training step)
     tiny = torch.finfo(w.dtype).tiny
     entropy = normalized_entropy(w.clamp_min(tiny), dim=-1) * math.log(w.shape[-1])  # H(w_{b,k}) [B, K]
     return -entropy_lambda * entropy.mean()
@@ -200,6 +208,7 @@ class CGCAttention(nn.Module):
         dims = registry_expert_dims() if expert_dims is None else check_widths("expert_dims", expert_dims)
         num_tasks = check_int("num_tasks", num_tasks, 1)
         entropy_lambda = check_float("entropy_lambda", entropy_lambda, 0.0)
+        bias_high, bias_low = check_float("bias_high", bias_high), check_float("bias_low", bias_low)
         scales = dim_normalization_scales(dims)
         self.num_tasks, self.expert_dims, self.num_experts = num_tasks, dims, len(dims)
         self.input_dim = sum(dims)

@@ -22,7 +22,8 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from ple.checks import (
-    HyperparameterError, NonFiniteError, ShapeError, TaskError, check_choice, check_float, check_int, check_tensor,
+    HyperparameterError, NonFiniteError, ShapeError, TaskError, check_array, check_choice, check_float, check_int,
+    check_tensor,
 )
 from ple.data.world import hmm_filter
 from ple.tasks import HMM_MODES, get_task
@@ -51,7 +52,10 @@ def gaussian_log_emissions(model: GaussianHMM, obs: np.ndarray) -> np.ndarray:
     """
     if model.covariance_type != "diag":
         raise HyperparameterError(f"covariance_type is {model.covariance_type!r}; expected 'diag'")
-    x = np.asarray(obs, dtype=np.float64)[..., None, :]  # [N, T, 1, D]
+    x = check_array(obs, "obs", 3)
+    if x.shape[-1] != model.means_.shape[1]:
+        raise ShapeError(f"obs has shape {list(x.shape)}; expected [N, T, {model.means_.shape[1]}] (n_features)")
+    x = x[..., None, :]  # [N, T, 1, D]
     mu = np.asarray(model.means_, dtype=np.float64)  # [S, D]
     var = np.diagonal(np.asarray(model.covars_, dtype=np.float64), axis1=-2, axis2=-1)  # [S, D]
     return -0.5 * (np.log(2 * np.pi * var).sum(-1) + ((x - mu) ** 2 / var).sum(-1))
@@ -87,6 +91,8 @@ class Generator:
 def is_generator(Q: np.ndarray, atol: float = 1e-10) -> bool:
     """True if Q is a valid rate matrix: real, off-diagonals >= -atol, rows summing to 0."""
     Q = np.asarray(Q)
+    if Q.ndim != 2 or Q.shape[0] != Q.shape[1]:
+        raise ShapeError(f"Q has shape {list(Q.shape)}; expected [S, S] (a square matrix)")
     if np.iscomplexobj(Q):
         if np.abs(Q.imag).max() > atol:
             return False
@@ -111,8 +117,7 @@ def generator_from_transmat(P: np.ndarray, dt: float) -> Generator:
         raise ValueError(f"P has shape {list(P.shape)}; expected [S, S] (a transition matrix)")
     if not np.isfinite(P).all() or P.min() < 0 or not np.allclose(P.sum(1), 1.0, atol=1e-6):
         raise ValueError("P must be finite, non-negative, with rows summing to 1")
-    if dt <= 0:
-        raise ValueError(f"dt must be > 0; got {dt}")
+    dt = check_float("dt", dt, 0.0, low_open=True)
     S = P.shape[0]
     method = "logm"
     L = None
@@ -138,6 +143,7 @@ def generator_from_transmat(P: np.ndarray, dt: float) -> Generator:
 
 def stationary_distribution(Q: np.ndarray) -> np.ndarray:
     """pi with pi^T Q = 0, sum(pi) = 1 (least squares; unique for an irreducible chain). [S]."""
+    Q = _check_generator(Q)
     S = Q.shape[0]
     A = np.vstack([Q.T, np.ones((1, S))])
     rhs = np.zeros(S + 1)
@@ -145,6 +151,16 @@ def stationary_distribution(Q: np.ndarray) -> np.ndarray:
     pi = np.linalg.lstsq(A, rhs, rcond=None)[0]
     pi = np.clip(pi, 0.0, None)
     return pi / pi.sum()
+
+
+def _check_generator(Q: object) -> np.ndarray:
+    """Q as float64 [S, S], a rate matrix (off-diagonals >= 0, rows summing to 0); else ValueError."""
+    Q = check_array(Q, "Q", 2)
+    if Q.shape[0] != Q.shape[1] or Q.shape[0] < 2:
+        raise ShapeError(f"Q has shape {list(Q.shape)}; expected [S, S] with S >= 2 (a generator)")
+    if not is_generator(Q, atol=1e-8):
+        raise ValueError("Q must be a generator: off-diagonal rates >= 0 and rows summing to 0")
+    return Q
 
 
 def dynamics_summary(
@@ -167,8 +183,19 @@ def dynamics_summary(
     5. 0.5 ||p - pi||_1: total-variation distance to the stationary distribution
     Returns float64 [N, 6].
     """
-    p = np.asarray(posterior, dtype=np.float64)
+    Q = _check_generator(Q)
     S = Q.shape[0]
+    p = check_array(posterior, "posterior", 2)
+    if p.shape[1] != S:
+        raise ShapeError(f"posterior has shape {list(p.shape)}; expected [N, {S}] (the states of Q)")
+    if p.size and (p.min() < 0 or np.abs(p.sum(1) - 1.0).max() > 1e-5):
+        raise ValueError(f"posterior rows must be probability vectors (>= 0, summing to 1); got sums "
+                         f"from {p.sum(1).min():g} to {p.sum(1).max():g}")
+    dt = check_float("dt", dt, 0.0, low_open=True)
+    horizon_steps = check_float("horizon_steps", horizon_steps, 0.0, low_open=True)
+    if np.shape(state_score) != (S,):
+        raise ShapeError(f"state_score has shape {list(np.shape(state_score))}; expected [{S}] (one score per state)")
+    check_array(state_score, "state_score", 1)
     rates = np.clip(-np.diag(Q), 1e-12, None)  # exit rate of each state, per day
     dwell = p @ (1.0 / rates)
     p_leave = 1.0 - p @ np.exp(-rates * dt)
@@ -184,6 +211,8 @@ def dynamics_summary(
 
 def pad_posteriors(posterior: np.ndarray, width: int = NUM_STATE_DIMS) -> np.ndarray:
     """Zero-pad [N, S] posteriors to [N, width]: slots S..width-1 are states the mode does not have."""
+    posterior = check_array(posterior, "posterior", 2)
+    width = check_int("width", width, 1)
     N, S = posterior.shape
     if S > width:
         raise ValueError(f"posterior has {S} states; at most {width} fit the feature vector")
@@ -196,10 +225,16 @@ def match_states(true_states: np.ndarray, pred_states: np.ndarray) -> tuple[floa
     true_states, pred_states: int arrays of one shape. Returns (accuracy, mapping) with
     mapping[pred] = the true label it is matched to (-1 for a predicted state left unmatched).
     """
-    t = np.asarray(true_states).ravel()
-    q = np.asarray(pred_states).ravel()
+    t = check_array(true_states, "true_states", dtype=None).ravel()
+    q = check_array(pred_states, "pred_states", dtype=None).ravel()
     if t.shape != q.shape:
-        raise ValueError(f"true_states {t.shape} and pred_states {q.shape} differ in size")
+        raise ShapeError(f"true_states {t.shape} and pred_states {q.shape} differ in size")
+    for name, a in (("true_states", t), ("pred_states", q)):
+        if a.dtype.kind not in "biu" or (a.size and a.min() < 0):
+            raise ValueError(f"{name} must hold non-negative integer labels; got dtype {a.dtype}"
+                             + (f", minimum {a.min()}" if a.size else ""))
+    if t.size == 0:
+        raise ValueError("true_states is empty; nothing to match")
     n_t, n_q = int(t.max()) + 1, int(q.max()) + 1
     counts = np.zeros((n_q, n_t))
     np.add.at(counts, (q, t), 1)
@@ -354,6 +389,7 @@ def task_hmm_mode(task_name: str) -> str:
 
 def missing_rows(x: torch.Tensor) -> torch.Tensor:
     """bool [B]: rows of x [B, F] that are all zero, the "no data" marker."""
+    check_tensor(x, "x", ["B", "F"], "HMM features")
     return (x == 0).all(dim=-1)
 
 

@@ -267,3 +267,25 @@ def test_triple_mode_errors():
         HMMTripleMode(["ctr"], modes=("journey", "weekly"))
     with pytest.raises(TaskError, match="routes to mode 'journey', which is not in modes"):
         HMMTripleMode(["ctr"], modes=("lifecycle",))
+
+
+# ---------------------------------------------------------------- issue 18: input contract defects
+def test_dynamics_summary_rejects_a_posterior_that_is_not_a_distribution_and_a_bad_step():
+    from ple.hmm import dynamics_summary
+
+    Q = np.array([[-1.0, 1.0], [2.0, -2.0]])
+    with pytest.raises(ValueError, match="posterior rows must be probability vectors"):
+        dynamics_summary(np.array([[1.5, 1.5]]), Q, np.zeros(2), 1.0)
+    with pytest.raises(ValueError, match=r"dt must be > 0"):
+        dynamics_summary(np.array([[0.5, 0.5]]), Q, np.zeros(2), -1.0)
+    with pytest.raises(ValueError, match="Q must be a generator"):
+        dynamics_summary(np.array([[0.5, 0.5]]), -Q, np.zeros(2), 1.0)
+
+
+def test_match_states_rejects_negative_labels():
+    from ple.hmm import ModeHMM, match_states
+
+    with pytest.raises(ValueError, match="pred_states must hold non-negative integer labels"):
+        match_states(np.array([0, 1]), np.array([-1, 0]))
+    with pytest.raises(HyperparameterError, match="n_iter must be an int >= 1; got 0"):
+        ModeHMM("journey", 3, n_iter=0)
