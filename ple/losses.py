@@ -436,7 +436,12 @@ def inward_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     [low, high], and 0 where it would push x further out. The plain clamp's gradient is 0
     everywhere outside, so a parameter that once crossed a bound could never return.
     """
-    return _InwardClamp.apply(x, float(low), float(high))
+    if not isinstance(x, torch.Tensor):
+        raise InputTypeError(f"x must be a torch.Tensor; got {type(x).__name__}")
+    low, high = check_float("low", low), check_float("high", high)
+    if not low < high:
+        raise ValueError(f"low must be < high; got low = {low}, high = {high}")
+    return _InwardClamp.apply(x, low, high)
 
 
 class UncertaintyWeighting(nn.Module):

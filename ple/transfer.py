@@ -31,6 +31,8 @@ def _edge_list(edges: Iterable[Sequence]) -> list[tuple[str, str, str]]:
 
 def find_cycle(tasks: Sequence[str], edges: Iterable[Sequence]) -> list[str] | None:
     """One directed cycle [a, b, ..., a] among `edges`, or None if the graph is acyclic."""
+    if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable):
+        raise TypeError(f"tasks must be a sequence of task names; got {tasks!r}")
     succ: dict[str, list[str]] = {t: [] for t in tasks}
     for s, t, _ in _edge_list(edges):
         succ.setdefault(s, []).append(t)
