@@ -28,7 +28,7 @@ _ENTRY_POINTS: dict[str, str] = {
     "SharedBottom": "ple.mmoe", "MMoE": "ple.mmoe", "OMoE": "ple.mmoe",
     "CGC": "ple.cgc", "PLE": "ple.cgc",
     "PLESystem": "ple.system", "SystemConfig": "ple.system",
-    "TaskAffinityComputer": "ple.adatt",
+    "TaskAffinityComputer": "ple.adatt", "AdaTT": "ple.adatt_transfer",
     # the customer world and the metrics (chapter 00)
     "TaskSpec": "ple.tasks", "generate": "ple.data.world", "load_world": "ple.data.world",
     "oracle": "ple.data.world", "metric": "ple.metrics", "oracle_gap": "ple.metrics",
