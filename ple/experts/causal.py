@@ -10,7 +10,7 @@ __all__ = ['notears_h', 'CausalExpert']
 import torch
 from torch import nn
 
-from ple.checks import check_tensor
+from ple.checks import check_float, check_int, check_tensor
 from ple.experts.base import SharedExpert
 from ple.layers import MLP
 
@@ -46,6 +46,10 @@ class CausalExpert(SharedExpert):
         lambda_rec: float = 0.1,
     ) -> None:
         super().__init__()
+        input_dim, n_vars = check_int("input_dim", input_dim), check_int("n_vars", n_vars)
+        hidden_dim, out_dim = check_int("hidden_dim", hidden_dim), check_int("out_dim", out_dim)
+        lambda_h, lambda_l1 = check_float("lambda_h", lambda_h, 0.0), check_float("lambda_l1", lambda_l1, 0.0)
+        lambda_rec = check_float("lambda_rec", lambda_rec, 0.0)
         self.input_dim, self.n_vars, self.out_dim = input_dim, n_vars, out_dim
         self.lambda_h, self.lambda_l1, self.lambda_rec = lambda_h, lambda_l1, lambda_rec
         self.encoder = MLP(input_dim, (hidden_dim,), out_dim=n_vars)

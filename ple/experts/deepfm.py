@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ple.checks import check_tensor
+from ple.checks import check_int, check_tensor
 from ple.experts.base import SharedExpert
 from ple.layers import MLP
 
@@ -32,6 +32,8 @@ def fm_interaction(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     Returns:
         `[B, k]`.
     """
+    check_tensor(x, "x", ("B", "n"), "inputs")
+    check_tensor(v, "v", (x.shape[1], "k"), "one factor row per input")
     s = x @ v
     return 0.5 * (s * s - (x * x) @ (v * v))
 
@@ -78,6 +80,8 @@ class DeepFMExpert(SharedExpert):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        input_dim, embed_dim = check_int("input_dim", input_dim), check_int("embed_dim", embed_dim)
+        out_dim = check_int("out_dim", out_dim)
         if field_sizes is None:
             field_sizes = POSTS_FIELD_SIZES if input_dim == sum(POSTS_FIELD_SIZES) else (1,) * input_dim
         field_sizes = tuple(int(s) for s in field_sizes)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ple.checks import check_tensor, validation_enabled
+from ple.checks import ShapeError, check_float, check_int, check_tensor, check_widths, shape_str, validation_enabled
 from ple.experts.base import SharedExpert
 
 MIN_NORM = 1e-15
@@ -32,6 +32,20 @@ def _sqrt_c(c: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if not isinstance(c, torch.Tensor) and not c > 0:
         raise ValueError(f"curvature c must be > 0; got {c!r}")
     return torch.as_tensor(c, dtype=like.dtype, device=like.device).sqrt()
+
+
+def _check_in_ball(x: torch.Tensor, name: str, c: float | torch.Tensor) -> None:
+    """ValueError unless every point of x `[..., d]` lies in the ball of radius 1 / sqrt(c)
+    (c |x|^2 <= 1 up to rounding: a point a few ulps from the edge is still a point, the maps
+    clamp it). Reads the device, so it runs only while validation is enabled (off inside the
+    engine's training step, where the points come from `project`)."""
+    if not validation_enabled() or not isinstance(x, torch.Tensor) or x.numel() == 0:
+        return
+    r2 = torch.as_tensor(c, dtype=x.dtype, device=x.device) * x.detach().pow(2).sum(-1)
+    limit = 1 + 16 * torch.finfo(x.dtype).eps if x.is_floating_point() else 1
+    if bool((r2 > limit).any() | r2.isnan().any()):
+        raise ValueError(f"{name} must lie inside the Poincaré ball (c |{name}|^2 < 1); got c |{name}|^2 up to "
+                         f"{r2.max().item():g}")
 
 
 def _norm(x: torch.Tensor) -> torch.Tensor:
@@ -57,6 +71,9 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, c: float | torch.Tensor) -> tor
 
     ``x (+)_c y = ((1 + 2c<x,y> + c|y|^2) x + (1 - c|x|^2) y) / (1 + 2c<x,y> + c^2 |x|^2 |y|^2)``
     """
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.shape[-1] != y.shape[-1]:
+        got = shape_str(y) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ShapeError(f"y has shape {got}; expected [..., {x.shape[-1]}] (the dimension of x)")
     c = torch.as_tensor(c, dtype=x.dtype, device=x.device)
     xy = (x * y).sum(-1, keepdim=True)
     x2 = x.pow(2).sum(-1, keepdim=True)
@@ -68,6 +85,7 @@ def mobius_add(x: torch.Tensor, y: torch.Tensor, c: float | torch.Tensor) -> tor
 
 def conformal_factor(x: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
     """lambda_x^c = 2 / (1 - c |x|^2). `[..., d]` -> `[..., 1]`."""
+    _check_in_ball(x, "x", c)
     c = torch.as_tensor(c, dtype=x.dtype, device=x.device)
     return 2 / (1 - c * x.pow(2).sum(-1, keepdim=True)).clamp_min(MIN_NORM)
 
@@ -82,6 +100,7 @@ def expmap0(v: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
 def logmap0(y: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
     """Logarithmic map at the origin (eq-logmap with x = 0): artanh(sqrt(c)|y|) y / (sqrt(c)|y|)."""
     sc = _sqrt_c(c, y)
+    _check_in_ball(y, "y", c)
     n = _norm(y)
     return _artanh(sc * n) * y / (sc * n)
 
@@ -92,6 +111,8 @@ def expmap(x: torch.Tensor, v: torch.Tensor, c: float | torch.Tensor) -> torch.T
     ``exp_x^c(v) = x (+)_c ( tanh(sqrt(c) lambda_x |v| / 2) v / (sqrt(c) |v|) )``
     """
     sc = _sqrt_c(c, v)
+    if x.shape[-1] != v.shape[-1]:
+        raise ShapeError(f"v has shape {shape_str(v)}; expected [..., {x.shape[-1]}] (the dimension of x)")
     n = _norm(v)
     second = torch.tanh(sc * conformal_factor(x, c) * n / 2) * v / (sc * n)
     return project(mobius_add(x, second, c), c)
@@ -103,6 +124,8 @@ def logmap(x: torch.Tensor, y: torch.Tensor, c: float | torch.Tensor) -> torch.T
     ``log_x^c(y) = 2 / (sqrt(c) lambda_x) artanh(sqrt(c) |-x (+)_c y|) (-x (+)_c y) / |-x (+)_c y|``
     """
     sc = _sqrt_c(c, x)
+    _check_in_ball(x, "x", c)
+    _check_in_ball(y, "y", c)
     w = mobius_add(-x, y, c)
     n = _norm(w)
     return 2 / (sc * conformal_factor(x, c)) * _artanh(sc * n) * w / n
@@ -111,11 +134,14 @@ def logmap(x: torch.Tensor, y: torch.Tensor, c: float | torch.Tensor) -> torch.T
 def poincare_distance(x: torch.Tensor, y: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
     """Geodesic distance (eq-poincare-distance): (2 / sqrt(c)) artanh(sqrt(c) |-x (+)_c y|). `[...]`."""
     sc = _sqrt_c(c, x)
+    _check_in_ball(x, "x", c)
+    _check_in_ball(y, "y", c)
     return (2 / sc * _artanh(sc * _norm(mobius_add(-x, y, c)))).squeeze(-1)
 
 
 def mobius_matvec(weight: torch.Tensor, x: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
     """Möbius matrix-vector product: exp0(W log0(x)). weight `[out, in]`, x `[..., in]` -> `[..., out]`."""
+    check_tensor(weight, "weight", ("out", x.shape[-1]), "[out, in] with in = x.shape[-1]")
     return expmap0(logmap0(x, c) @ weight.transpose(0, 1), c)
 
 
@@ -135,6 +161,7 @@ class HGCNLayer(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
+        in_dim, out_dim = check_int("in_dim", in_dim), check_int("out_dim", out_dim)
         self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
         nn.init.xavier_uniform_(self.weight)
         self.bias = nn.Parameter(torch.zeros(out_dim))
@@ -176,6 +203,12 @@ class HGCNExpert(SharedExpert):
         input_scale: float | None = None,
     ) -> None:
         super().__init__()
+        input_dim, out_dim = check_int("input_dim", input_dim), check_int("out_dim", out_dim)
+        poincare_dim = check_int("poincare_dim", poincare_dim, 0)
+        hidden_dims = check_widths("hidden_dims", hidden_dims)
+        init_curvature = check_float("init_curvature", init_curvature, 0.0, low_open=True)
+        if input_scale is not None:
+            input_scale = check_float("input_scale", input_scale, 0.0, low_open=True)
         if not 0 <= poincare_dim <= input_dim:
             raise ValueError(f"poincare_dim must lie in [0, {input_dim}]; got {poincare_dim}")
         self.input_dim, self.poincare_dim, self.out_dim = input_dim, poincare_dim, out_dim
@@ -218,6 +251,11 @@ class HGCNExpert(SharedExpert):
             if neighbor_mask is None:
                 neighbor_mask = x.new_ones(neighbors.shape[:2])
             check_tensor(neighbor_mask, "neighbor_mask", (x.shape[0], neighbors.shape[1]))
+            # a mask weight of 2 would count that neighbour twice (a device sync: validation only)
+            if validation_enabled() and neighbor_mask.dtype != torch.bool and neighbor_mask.numel() and bool(
+                ((neighbor_mask != 0) & (neighbor_mask != 1)).any()
+            ):
+                raise ValueError("neighbor_mask must hold 0 / 1 or bool (1 = a real neighbour)")
             nodes = torch.cat([nodes, neighbors], dim=1)
             mask = torch.cat([mask, neighbor_mask.to(x.dtype)], dim=1)
         c = self.curvatures
@@ -251,6 +289,8 @@ def poincare_hierarchy_embedding(
     Returns:
         float32 `[M, dim]`, every row of norm < 1.
     """
+    dim, seed = check_int("dim", dim), check_int("seed", seed, 0)
+    step = check_float("step", step, 0.0, low_open=True)
     cat, sub, br = (np.asarray(a, dtype=np.int64) for a in (category, subcategory, brand))
     if not (cat.shape == sub.shape == br.shape) or cat.ndim != 1:
         raise ValueError(f"category, subcategory, brand must be 1-D of one length; got "
@@ -284,6 +324,7 @@ def customer_hierarchy_inputs(
     Returns:
         points `[N, d]`, neighbors `[N, K, d]`, neighbor_mask `[N, K]` bool (float32 arrays).
     """
+    n_customers, max_neighbors = check_int("n_customers", n_customers), check_int("max_neighbors", max_neighbors)
     e = np.asarray(interactions, dtype=np.int64)
     pts = np.asarray(merchant_points, dtype=np.float64)
     norm = np.linalg.norm(pts, axis=1, keepdims=True)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ple.checks import check_tensor
+from ple.checks import check_float, check_int, check_tensor
 from ple.experts.base import SharedExpert
 from ple.layers import MLP
 
@@ -73,6 +73,7 @@ def propagate(
     Returns:
         `[n, d]`.
     """
+    num_layers = check_int("num_layers", num_layers, 0)
     if e0.dim() != 2 or e0.shape[0] != adj.shape[0]:
         raise ValueError(f"e0 has shape {list(e0.shape)}; expected [{adj.shape[0]}, d] (num_nodes)")
     if layer_weights is None:
@@ -107,6 +108,9 @@ def lightgcn_embeddings(
         (customer embeddings `[n_customers, dim]`, merchant embeddings `[n_merchants, dim]`),
         float32, detached.
     """
+    dim, num_layers = check_int("dim", dim), check_int("num_layers", num_layers, 0)
+    epochs, batch_size = check_int("epochs", epochs), check_int("batch_size", batch_size)
+    lr, weight_decay = check_float("lr", lr, 0.0, low_open=True), check_float("weight_decay", weight_decay, 0.0)
     e = _edges(interactions, n_customers, n_merchants)
     adj = normalized_adjacency(e, n_customers, n_merchants)
     gen = torch.Generator().manual_seed(seed)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ple.checks import check_tensor
+from ple.checks import check_float, check_int, check_tensor
 from ple.experts.base import SharedExpert
 from ple.layers import MLP
 
@@ -36,8 +36,8 @@ def sinkhorn_log(
     Returns:
         (transport cost <P, C> `[...]`, plan P `[..., n, m]`).
     """
-    if eps <= 0:
-        raise ValueError(f"eps must be > 0; got {eps}")
+    eps = check_float("eps", eps, 0.0, low_open=True)
+    n_iter = check_int("n_iter", n_iter)  # zero iterations would return the initial guess, not a plan
     tiny = torch.finfo(a.dtype).tiny
     log_a = a.clamp_min(tiny).log().unsqueeze(-1)  # [..., n, 1]
     log_b = b.clamp_min(tiny).log().unsqueeze(-2)  # [..., 1, m]
@@ -170,6 +170,9 @@ def sinkhorn_value(
     `sinkhorn_potentials` (epsilon-scaling, tolerance); backward: the converged potentials and
     plan (f, g, P), not the unrolled iterations. `options` go to `sinkhorn_potentials`.
     """
+    check_tensor(a, "a", ("R", "K"), "histograms")
+    check_tensor(b, "b", ("Q", a.shape[1]), "histograms over the same K points as a")
+    check_tensor(C, "C", (a.shape[1], a.shape[1]), "cost between the K points")
     return _SinkhornValue.apply(a, b, C, eps, options)
 
 

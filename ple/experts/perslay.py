@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ple.checks import check_tensor
+from ple.checks import check_float, check_int, check_tensor, validation_enabled
 from ple.data.world import h0_persistence
 from ple.experts.base import SharedExpert
 from ple.layers import MLP
@@ -37,6 +37,7 @@ def persistence_diagrams(
     Returns:
         diagrams `[N, max_points, 3]` float32 (birth, death, channel id), mask `[N, max_points]` bool.
     """
+    max_points = check_int("max_points", max_points)
     s = np.asarray(sequences, dtype=np.float64)
     if s.ndim != 3:
         raise ValueError(f"sequences has shape {list(s.shape)}; expected [N, T, C]")
@@ -89,6 +90,10 @@ class PersLayExpert(SharedExpert):
         extent: tuple[float, float] = (-3.0, 3.0),
     ) -> None:
         super().__init__()
+        n_channels, n_centres = check_int("n_channels", n_channels), check_int("n_centres", n_centres)
+        out_dim = check_int("out_dim", out_dim)
+        if len(extent) != 2 or not check_float("extent[0]", extent[0]) < check_float("extent[1]", extent[1]):
+            raise ValueError(f"extent must be (low, high) with low < high; got {extent!r}")
         self.n_channels, self.n_centres, self.out_dim = n_channels, n_centres, out_dim
         g = torch.linspace(extent[0], extent[1], n_centres)
         self.mu = nn.Parameter(g[torch.randperm(n_centres)].clone())
@@ -132,8 +137,13 @@ class PersLayExpert(SharedExpert):
         # padded rows may hold anything; only the real points must be finite
         diagrams = torch.where(mask.unsqueeze(-1), diagrams, torch.zeros_like(diagrams))
         check_tensor(diagrams, "diagrams", ("B", "P", 3), "birth, death, channel")
-        ch = diagrams[..., 2][mask]
-        if ch.numel() and (ch.min() < 0 or ch.max() > self.n_channels - 1):
-            raise ValueError(f"diagram channel ids must lie in [0, {self.n_channels - 1}] (n_channels)")
+        if validation_enabled():  # value checks read the device: off inside the engine's training step
+            ch = diagrams[..., 2][mask]
+            if ch.numel() and bool((ch.min() < 0) | (ch.max() > self.n_channels - 1)):
+                raise ValueError(f"diagram channel ids must lie in [0, {self.n_channels - 1}] (n_channels)")
+            pers = (diagrams[..., 1] - diagrams[..., 0])[mask]
+            if pers.numel() and bool(pers.min() < 0):
+                raise ValueError(f"diagrams must have death >= birth (points of a sublevel diagram; a superlevel "
+                                 f"one is stored negated); got death - birth = {pers.min().item():g}")
         v = self.vectorize(diagrams, mask)
         return self.rho(v.flatten(1))

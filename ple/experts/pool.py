@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ple.checks import InputTypeError, ShapeError, check_int, check_unique
 from ple.experts.causal import CausalExpert
 from ple.experts.deepfm import DeepFMExpert
 from ple.experts.hgcn import (
@@ -62,6 +63,21 @@ class ExpertInputs:
     diagrams: torch.Tensor | None = None
     diagram_mask: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        # every present field a tensor, all with one batch size (free: shapes live on the host)
+        first = None
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            if not isinstance(v, torch.Tensor) or v.dim() == 0:
+                got = "a 0-d tensor" if isinstance(v, torch.Tensor) else type(v).__name__
+                raise InputTypeError(f"{f.name} must be a torch.Tensor [B, ...] or None; got {got}")
+            if first is None:
+                first = (f.name, v.shape[0])
+            elif v.shape[0] != first[1]:
+                raise ShapeError(f"{f.name} has {v.shape[0]} rows; expected {first[1]} (the batch size of {first[0]})")
+
     @property
     def batch_size(self) -> int:
         """B, from the first input that is present."""
@@ -99,6 +115,14 @@ class ExpertPoolConfig:
     diagram_channels: int = 8
     overrides: dict[str, dict] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name != "overrides":
+                check_int(f.name, getattr(self, f.name), 0 if f.name == "poincare_dim" else 1)
+        unknown = sorted(set(self.overrides) - set(EXPERT_CLASSES))
+        if unknown:
+            raise ValueError(f"overrides names unknown expert(s) {unknown}; expected names from {list(EXPERT_CLASSES)}")
+
 
 def build_expert(name: str, config: ExpertPoolConfig | None = None, **kwargs) -> nn.Module:
     """One shared expert by name, sized from `config` (output dims from ple.tasks.EXPERT_DIMS)."""
@@ -120,6 +144,10 @@ def build_expert(name: str, config: ExpertPoolConfig | None = None, **kwargs) ->
 
 def run_expert(expert: nn.Module, name: str, inputs: ExpertInputs) -> torch.Tensor:
     """Call expert `name` on its own inputs from `inputs`. -> `[B, out_dim]`."""
+    if name not in EXPERT_CLASSES:
+        raise ValueError(f"unknown expert name {name!r}; expected one of {list(EXPERT_CLASSES)}")
+    if not isinstance(inputs, ExpertInputs):
+        raise InputTypeError(f"inputs must be an ExpertInputs; got {type(inputs).__name__}")
     bsz = inputs.batch_size
     if name in ("deepfm", "causal", "optimal_transport"):
         return expert(inputs.features, batch_size=bsz)
@@ -156,7 +184,10 @@ class ExpertPool(nn.Module):
     def __init__(self, config: ExpertPoolConfig | None = None, names: tuple[str, ...] | None = None) -> None:
         super().__init__()
         self.config = config or ExpertPoolConfig()
-        self.names = tuple(EXPERT_NAMES) if names is None else tuple(names)
+        if isinstance(names, str):
+            raise InputTypeError(f"names must be a tuple of expert names; got the string {names!r}")
+        # a name given twice would be built once but concatenated twice (output_dim would lie)
+        self.names = tuple(EXPERT_NAMES) if names is None else check_unique("names", names)
         unknown = [n for n in self.names if n not in EXPERT_CLASSES]
         if unknown:
             raise ValueError(f"unknown expert(s) {unknown}; expected names from {list(EXPERT_CLASSES)}")
@@ -204,6 +235,9 @@ def synthetic_expert_inputs(
     Diagrams are real H0 diagrams of the random transaction channels (first diagram_channels / 2
     channels, sublevel and superlevel).
     """
+    batch_size, seed = check_int("batch_size", batch_size), check_int("seed", seed, 0)
+    txn_len, session_len = check_int("txn_len", txn_len), check_int("session_len", session_len)
+    n_points = check_int("n_points", n_points)
     cfg = config or ExpertPoolConfig()
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -236,6 +270,9 @@ def benchmark_experts(
     on a machine shared with other jobs. Returns one dict per expert: name, parameters,
     posts_estimate, batch_size, fwd_bwd_ms.
     """
+    reps, warmup = check_int("reps", reps), check_int("warmup", warmup, 0)
+    if not isinstance(inputs, ExpertInputs):
+        raise InputTypeError(f"inputs must be an ExpertInputs; got {type(inputs).__name__}")
     pool = pool or ExpertPool()
     device = next(pool.parameters()).device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -282,6 +319,15 @@ def world_expert_inputs(
     Returns:
         (ExpertInputs with N rows, the matching ExpertPoolConfig).
     """
+    missing = [a for a in ("features", "txn_seq", "session_seq", "interactions", "merchant_category")
+               if not hasattr(world, a)]
+    if missing:
+        raise InputTypeError(f"world must be a customer world (ple.data.world.generate); "
+                             f"a {type(world).__name__} lacks {missing}")
+    for name, v in (("lightgcn_dim", lightgcn_dim), ("lightgcn_layers", lightgcn_layers),
+                    ("lightgcn_epochs", lightgcn_epochs), ("max_neighbors", max_neighbors),
+                    ("diagram_points", diagram_points)):
+        check_int(name, v)
     feats = np.asarray(world.features, dtype=np.float32)
     n = feats.shape[0]
     n_merchants = int(np.asarray(world.merchant_category).shape[0])

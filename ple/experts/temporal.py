@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ple.checks import check_tensor
+from ple.checks import ShapeError, check_float, check_int, check_tensor, shape_str
 from ple.experts.base import SharedExpert
 from ple.layers import MLP
 
@@ -26,6 +26,8 @@ def segment_sums(cum: torch.Tensor) -> torch.Tensor:
     (the log-decay from step r to step t) for r <= t and -inf for r > t, so ``exp(out)`` is the
     chunk's decay matrix with every entry in [0, 1]. `[..., L]` -> `[..., L, L]`.
     """
+    if not isinstance(cum, torch.Tensor) or cum.dim() < 1:
+        raise ShapeError(f"cum must be a tensor [..., L]; got {shape_str(cum) if isinstance(cum, torch.Tensor) else type(cum).__name__}")
     L = cum.shape[-1]
     causal = torch.ones(L, L, dtype=torch.bool, device=cum.device).tril()
     return (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, -math.inf)
@@ -69,7 +71,7 @@ def ssd_scan(
     """
     bsz, T, H, P = x.shape
     N = B.shape[-1]
-    L = _chunk_len(T, int(chunk_len))
+    L = _chunk_len(T, check_int("chunk_len", chunk_len))
     pad = (-T) % L
     if pad:  # padded steps: decay 1, input 0, so the state carries through unchanged
         x, log_a = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(log_a, (0, 0, 0, pad))
@@ -133,6 +135,12 @@ def selective_scan(
     Returns:
         y `[B, T, H, P]`.
     """
+    check_tensor(u, "u", ("B", "T", "H", "P"), "inputs per head")
+    bsz, T, H, _ = u.shape
+    check_tensor(delta, "delta", (bsz, T, H), "step sizes")
+    check_tensor(A, "A", (H,), "decay rate per head")
+    check_tensor(B, "B", (bsz, T, "N"), "input projection")
+    check_tensor(C, "C", tuple(B.shape), "output projection, as B")
     y, _ = ssd_scan(u, delta * A, B, C, scale=delta, D=D, h0=h0, chunk_len=chunk_len)
     return y
 
@@ -196,6 +204,11 @@ class SelectiveSSM(nn.Module):
         chunk_len: int = 16,
     ) -> None:
         super().__init__()
+        d_model, d_state, expand = check_int("d_model", d_model), check_int("d_state", d_state), check_int("expand", expand)
+        n_heads, conv_kernel = check_int("n_heads", n_heads), check_int("conv_kernel", conv_kernel)
+        chunk_len = check_int("chunk_len", chunk_len)
+        dt_min = check_float("dt_min", dt_min, 0.0, low_open=True)
+        dt_max = check_float("dt_max", dt_max, dt_min, low_open=True)  # dt is drawn log-uniformly in [dt_min, dt_max)
         d_inner = expand * d_model
         if d_inner % n_heads:
             raise ValueError(f"n_heads must divide expand * d_model = {d_inner}; got {n_heads}")
@@ -225,6 +238,7 @@ class SelectiveSSM(nn.Module):
                 "B": B, "C": C, "D": self.D, "z": z.reshape(shape)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "x", ("B", "T", self.in_proj.in_features), "d_model")
         p = self.ssm_inputs(x)
         y = selective_scan(p["u"], p["delta"], p["A"], p["B"], p["C"], p["D"], chunk_len=self.chunk_len)
         return self.out_proj((y * F.silu(p["z"])).flatten(2))
@@ -273,6 +287,7 @@ class LiquidCell(nn.Module):
 
     def __init__(self, input_dim: int, hidden_dim: int) -> None:
         super().__init__()
+        input_dim, hidden_dim = check_int("input_dim", input_dim), check_int("hidden_dim", hidden_dim)
         self.hidden_dim = hidden_dim
         self.w_in = nn.Linear(input_dim, hidden_dim)
         self.tau_raw = nn.Parameter(torch.zeros(hidden_dim))
@@ -290,6 +305,9 @@ class LiquidCell(nn.Module):
         return torch.exp(log_a), -torch.expm1(log_a) * f * self.A / k
 
     def forward(self, inputs: torch.Tensor, dt: torch.Tensor | None = None) -> torch.Tensor:
+        check_tensor(inputs, "inputs", ("B", "T", self.w_in.in_features), "input_dim")
+        if dt is not None:
+            check_tensor(dt, "dt", tuple(inputs.shape[:2]), "one step per input")
         decay, drive = self.step_terms(inputs, dt)
         return _LinearRecurrence.apply(decay, drive)  # x_t = a_t x_{t-1} + b_t from x_0 = 0
 
@@ -308,6 +326,9 @@ class PatchCausalTransformer(nn.Module):
         num_layers: int = 1, max_patches: int = 64,
     ) -> None:
         super().__init__()
+        d_model, patch_len = check_int("d_model", d_model), check_int("patch_len", patch_len)
+        n_heads, ff_dim = check_int("n_heads", n_heads), check_int("ff_dim", ff_dim)
+        num_layers, max_patches = check_int("num_layers", num_layers), check_int("max_patches", max_patches)
         self.patch_len, self.max_patches = patch_len, max_patches
         self.embed = nn.Linear(patch_len * d_model, d_model)
         self.pos = nn.Parameter(0.02 * torch.randn(max_patches, d_model))
@@ -318,6 +339,9 @@ class PatchCausalTransformer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "x", ("B", "T", self.pos.shape[1]), "d_model")
+        if x.shape[1] == 0:
+            raise ShapeError("x has 0 steps; expected at least 1")
         bsz, T, d = x.shape
         pad = (-T) % self.patch_len
         x = F.pad(x, (0, 0, pad, 0))  # left pad: the last patch ends at the last step
@@ -375,6 +399,9 @@ class TemporalExpert(SharedExpert):
         """Per-step outputs of each branch (all causal): ``ssm`` `[B, T1, d_model]`,
         ``attention`` `[B, ceil(T1 / patch_len), d_model]`, ``ltc`` `[B, T2, ltc_hidden]`."""
         out: dict[str, torch.Tensor] = {}
+        for name, seq in (("txn_seq", txn_seq), ("session_seq", session_seq)):
+            if isinstance(seq, torch.Tensor) and seq.dim() == 3 and seq.shape[1] == 0:
+                raise ShapeError(f"{name} has 0 steps; expected at least 1 (pass None for a missing sequence)")
         if txn_seq is not None:
             check_tensor(txn_seq, "txn_seq", ("B", "T", self.txn_dim), "txn_dim")
             e = self.txn_embed(txn_seq)
