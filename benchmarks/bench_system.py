@@ -34,6 +34,15 @@ from pathlib import Path
 
 
 def _peak_rss_mb() -> float:
+    """This process's own peak resident set (VmHWM, reset at exec). ru_maxrss is not used where
+    /proc exists: a spawned child inherits the parent's resident set size at fork in it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 
