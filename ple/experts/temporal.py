@@ -150,8 +150,7 @@ class _CausalConvSiLU(torch.autograd.Function):
     channels last. u `[B, T, C]`, w `[C, K]`, b `[C]` -> `[B, T, C]`.
 
     As K in-place multiply-adds of time-shifted views, forward and backward: the library's
-    depthwise `conv1d` wants `[B, C, T]`, so it costs two layout copies each way, and its backward
-    is slower than the whole scan (the chapter's profile)."""
+    depthwise `conv1d` wants `[B, C, T]`, which costs two layout copies each way."""
 
     @staticmethod
     def forward(ctx, u, w, b):  # type: ignore[override]
