@@ -251,3 +251,25 @@ def test_killed_mid_epoch_and_resumed_ends_bit_identical(tmp_path):
     run_lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     strip = [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in ref_lines]
     assert strip == [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in run_lines]
+
+
+def test_command_line_run(tmp_path):
+    spec = {"output_dir": str(tmp_path / "run"), "world": {"customers": 200, "seed": 0, "profile": "ci"},
+            "pipeline": {"lightgcn_epochs": 1, "hmm_iter": 2, "hmm_fit_sequences": 30, "gmm_fit_rows": 100},
+            "system": {"preset": "ci", "tasks": ["ctr", "churn"], "transfer_edges": []},
+            "train": {"phase1_epochs": 1, "phase2_epochs": 1, "batch_size": 64, "warmup_epochs": 0,
+                      "phase2_warmup_epochs": 0, "adatt_freeze_epoch": 1, "adatt_warmup_epochs": 0}}
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(spec))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "ple.train", "--config", str(cfg)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["epochs"] == 2
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["phase"] for x in lines] == [1, 2] and (tmp_path / "run" / "system.pt").exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**spec, "trian": {}}))
+    out = subprocess.run([sys.executable, "-m", "ple.train", "--config", str(bad)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode != 0 and "unknown section(s) ['trian']" in out.stderr
