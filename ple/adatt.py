@@ -176,7 +176,8 @@ class TaskAffinityComputer(nn.Module):
         try:
             G = self._batched(L)
         except RuntimeError as err:
-            if self.method == "batched" or "atching rule" not in str(err):
+            # a layer without a vmap batching rule, or with an in-place write vmap cannot batch
+            if self.method == "batched" or not ("atching rule" in str(err) or "vmap" in str(err)):
                 raise
             self.method_used = "loop"  # a layer without a vmap batching rule: the loop from now on
             return self._loop(losses)

@@ -465,3 +465,20 @@ def test_h0_pairs_match_gudhi_lower_star():
         theirs = sorted(finite + [(f.min(), f.max())])
         ours = sorted(map(tuple, dg[s, mk[s], :2].astype(np.float64)))
         assert np.allclose(ours, theirs, atol=1e-6), (s, ours, theirs)
+
+
+def test_causal_conv_backward_batches_under_vmap():
+    """adaTT's per-task extraction runs the backward under vmap (is_grads_batched)."""
+    from ple.experts.temporal import _CausalConvSiLU
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = _CausalConvSiLU.apply(u, w, b)
+    v = torch.randn(5, *y.shape, generator=g, dtype=torch.float64)
+    batched = torch.autograd.grad(y, (u, w, b), v, is_grads_batched=True, retain_graph=True)
+    for i in range(v.shape[0]):
+        one = torch.autograd.grad(y, (u, w, b), v[i], retain_graph=True)
+        for gb, go in zip(batched, one):
+            assert torch.allclose(gb[i], go, atol=1e-12)

@@ -169,16 +169,20 @@ class _CausalConvSiLU(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         u, taps, a = ctx.saved_tensors
         K, T = taps.shape[0], u.shape[1]
-        ga = torch.ops.aten.silu_backward(grad, a)
+        sig = torch.sigmoid(a)
+        ga = grad * sig * (1 + a * (1 - sig))  # SiLU'(a) = s (1 + a (1 - s)), s = sigmoid(a)
         gu = ga * taps[K - 1]
-        gw = torch.zeros_like(taps)
-        for k in range(K):
+        rows = []  # the taps' gradients built out of place: the backward also runs under vmap
+        for k in range(K):  # (adaTT's batched per-task extraction, ple.adatt)
             s = K - 1 - k
             if s < T:
-                gw[k] = (ga[:, s:] * u[:, : T - s]).sum((0, 1))
+                # s = 0 reads the whole sequence: no slice (a full slice is an alias, which vmap lacks)
+                rows.append(((ga[:, s:] * u[:, : T - s]) if s else (ga * u)).sum((0, 1)))
                 if s:
                     gu[:, : T - s].addcmul_(ga[:, s:], taps[k])
-        return gu, gw.t(), ga.sum((0, 1))
+            else:
+                rows.append(ga.new_zeros(ga.shape[-1]))
+        return gu, torch.stack(rows, 1), ga.sum((0, 1))
 
 
 class SelectiveSSM(nn.Module):
