@@ -62,6 +62,8 @@ export: venv
 lint: venv
 	$(PY) -m ruff check $(wildcard ple tests tools benchmarks)
 	$(PY) tools/nbtools.py check
+	@$(PY) tools/hide_input.py --check > /dev/null || { $(PY) tools/hide_input.py --check | grep -E '^==|TAG'; \
+	  echo "setup / plotting cells must carry hide-input: python tools/hide_input.py --write"; exit 1; }
 
 # ple/ must be exactly what the chapters export.
 sync-check: export
