@@ -173,7 +173,12 @@ def sinkhorn_value(
     check_tensor(a, "a", ("R", "K"), "histograms")
     check_tensor(b, "b", ("Q", a.shape[1]), "histograms over the same K points as a")
     check_tensor(C, "C", (a.shape[1], a.shape[1]), "cost between the K points")
-    return _SinkhornValue.apply(a, b, C, eps, options)
+    # the solver runs in float32 or wider whatever autocast says (log-domain sums and potentials
+    # lose too many digits in bf16 / fp16); the value comes back in a's dtype
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.promote_types(C.dtype, torch.float32))
+    with torch.autocast(a.device.type, enabled=False):
+        value = _SinkhornValue.apply(a.to(dtype), b.to(dtype), C.to(dtype), eps, options)
+    return value.to(a.dtype)
 
 
 class OptimalTransportExpert(SharedExpert):
