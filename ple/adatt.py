@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['EXTRACTION_METHODS', 'gradient_cosines', 'ema_update', 'TaskAffinityComputer', 'AffinityAggregate']
+__all__ = ['EXTRACTION_METHODS', 'gradient_cosines', 'ema_update', 'task_loss_vector', 'TaskAffinityComputer', 'AffinityAggregate']
 
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -63,6 +63,28 @@ def _as_parameters(shared_parameters) -> tuple[torch.Tensor, ...]:
             "shared_parameters holds no tensor that requires grad; expected the shared experts' "
             "parameters (e.g. system.pool)")
     return params
+
+
+def task_loss_vector(losses: Mapping[str, torch.Tensor], task_names: Sequence[str]) -> torch.Tensor:
+    """L [n]: the scalar losses {task: []} in the order of `task_names`, float32 (float64 kept).
+
+    The one check of a per-task loss mapping (ADATT-2 and ADATT-3): a mapping with exactly these
+    tasks, each a scalar tensor; the error names the task and what it got."""
+    if not isinstance(losses, Mapping):
+        raise InputTypeError(f"losses must be a mapping {{task: scalar loss}}; got {type(losses).__name__}")
+    missing = [t for t in task_names if t not in losses]
+    unknown = [t for t in losses if t not in task_names]
+    if missing or unknown:
+        raise TaskError(f"losses has tasks {sorted(losses)}; expected exactly {list(task_names)} "
+                        f"(missing {missing}, unknown {unknown})")
+    for t in task_names:
+        x = losses[t]
+        if not isinstance(x, torch.Tensor):
+            raise InputTypeError(f"losses[{t!r}] must be a tensor; got {type(x).__name__}")
+        if x.dim() != 0:
+            raise ShapeError(f"losses[{t!r}] has shape {list(x.shape)}; expected a scalar [] "
+                             "(the task's mean loss)")
+    return torch.stack([losses[t] if losses[t].dtype == torch.float64 else losses[t].float() for t in task_names])
 
 
 class TaskAffinityComputer(nn.Module):
@@ -127,23 +149,10 @@ class TaskAffinityComputer(nn.Module):
         return step % self.grad_interval == 0
 
     def _stack_losses(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        if not isinstance(losses, Mapping):
-            raise InputTypeError(f"losses must be a mapping {{task: scalar loss}}; got {type(losses).__name__}")
-        missing = [t for t in self.task_names if t not in losses]
-        unknown = [t for t in losses if t not in self.task_names]
-        if missing or unknown:
-            raise TaskError(f"losses has tasks {sorted(losses)}; expected exactly {list(self.task_names)} "
-                            f"(missing {missing}, unknown {unknown})")
-        for t in self.task_names:
-            x = losses[t]
-            if not isinstance(x, torch.Tensor):
-                raise InputTypeError(f"losses[{t!r}] must be a tensor; got {type(x).__name__}")
-            if x.dim() != 0:
-                raise ShapeError(f"losses[{t!r}] has shape {list(x.shape)}; expected a scalar [] "
-                                 "(the task's mean loss)")
+        L = task_loss_vector(losses, self.task_names)
         if not any(losses[t].requires_grad for t in self.task_names):
             raise TaskError("no loss requires grad: compute the losses with autograd on (the graph is needed)")
-        return torch.stack([losses[t].float() for t in self.task_names])
+        return L
 
     def _loop(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         rows = []

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ple import checks
-from ple.adatt import AffinityAggregate, TaskAffinityComputer
+from ple.adatt import AffinityAggregate, TaskAffinityComputer, task_loss_vector
 from ple.checks import HyperparameterError, InputTypeError, NonFiniteError, ShapeError, TaskError
 from ple.checks import check_float, check_int
 from ple.fit import Callback, WeightedSum
@@ -229,19 +229,7 @@ class AdaTT(nn.Module, Callback):
         return out
 
     def _loss_vector(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        if not isinstance(losses, Mapping):
-            raise InputTypeError(f"losses must be a mapping {{task: scalar loss}}; got {type(losses).__name__}")
-        missing = [t for t in self.task_names if t not in losses]
-        unknown = [t for t in losses if t not in self.task_names]
-        if missing or unknown:
-            raise TaskError(f"losses has tasks {sorted(losses)}; expected {list(self.task_names)} "
-                            f"(missing {missing}, unknown {unknown})")
-        for t in self.task_names:
-            x = losses[t]
-            if not isinstance(x, torch.Tensor) or x.dim() != 0:
-                got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                raise ShapeError(f"losses[{t!r}] must be a scalar tensor []; got {got}")
-        L = torch.stack([losses[t] if losses[t].dtype == torch.float64 else losses[t].float() for t in self.task_names])
+        L = task_loss_vector(losses, self.task_names)  # ADATT-2's check of a per-task loss mapping
         if checks.validation_enabled() and not bool(torch.isfinite(L).all()):  # a host sync: off in fit's step
             bad = [t for t, ok in zip(self.task_names, torch.isfinite(L).tolist()) if not ok]
             raise NonFiniteError(f"the loss(es) of task(s) {bad} are NaN or inf")
