@@ -28,14 +28,7 @@ from ple.checks import HyperparameterError, InputTypeError, ShapeError, TaskErro
 from ple.fit import Task, TensorData, evaluate, fit
 from ple.layers import count_parameters
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one torch thread is faster, and leaves the other core alone."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- models

@@ -14,13 +14,7 @@ from ple.checks import HyperparameterError, NonFiniteError, ShapeError
 K, M_T, M_S, D_IN = 3, 2, 2, 7
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one torch thread is faster, and leaves the other core alone."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ple(num_levels: int = 2, **kw) -> PLE:
