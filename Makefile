@@ -64,6 +64,7 @@ lint: venv
 	$(PY) tools/nbtools.py check
 	@$(PY) tools/hide_input.py --check > /dev/null || { $(PY) tools/hide_input.py --check | grep -E '^==|TAG'; \
 	  echo "setup / plotting cells must carry hide-input: python tools/hide_input.py --write"; exit 1; }
+	$(PY) tools/captions.py --check
 
 # ple/ must be exactly what the chapters export.
 sync-check: export
