@@ -198,6 +198,9 @@ class SequentialSSM(nn.Module):
         return {"u": u, "delta": delta, "A": -torch.exp(self.A_log), "B": B, "C": C, "D": self.D, "z": z}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+    def block(self, x: torch.Tensor) -> torch.Tensor:
         p = self.ssm_inputs(x)
         y = sequential_selective_scan(p["u"], p["delta"], p["A"], p["B"], p["C"], p["D"], chunk_len=self.chunk_len)
         return self.out_proj(y * F.silu(p["z"]))
@@ -234,13 +237,16 @@ class SequentialLiquidCell(nn.Module):
             states.append(x)
         return torch.stack(states, dim=1)
 
+    recur = forward  # the expert calls its cells unchecked
+
 class ReferenceTemporalExpert(TemporalExpert):
-    """TemporalExpert with the sequential SSM and liquid cell that the chunked forms replaced."""
+    """TemporalExpert with the sequential SSM and liquid cell that the chunked forms replaced, run
+    on the whole batch at once as the replaced expert was (no batch slices)."""
 
     def __init__(self, d_model: int = 32, d_state: int = 8, expand: int = 2, ltc_hidden: int = 32,
                  session_dim: int = 8, chunk_len: int = 16, **kwargs) -> None:
         super().__init__(d_model=d_model, d_state=d_state, expand=expand, ltc_hidden=ltc_hidden,
-                         session_dim=session_dim, chunk_len=chunk_len, **kwargs)
+                         session_dim=session_dim, chunk_len=chunk_len, batch_slice=2**31 - 1, **kwargs)
         self.ssm = SequentialSSM(d_model, d_state, expand, chunk_len=chunk_len)
         self.ltc = SequentialLiquidCell(session_dim, ltc_hidden)
 

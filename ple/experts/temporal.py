@@ -81,8 +81,7 @@ def ssd_scan(
     xc = x.reshape(bsz, nc, L, H, P).permute(0, 3, 1, 2, 4)  # [B, H, c, L, P] (a view when H = 1)
     la = log_a.reshape(bsz, nc, L, H).permute(0, 3, 1, 2)  # [B, H, c, L]
     sc = None if scale is None else scale.reshape(bsz, nc, L, H).permute(0, 3, 1, 2)
-    Bc, Cc = B.reshape(bsz, nc, 1, L, N), C.reshape(bsz, nc, 1, L, N)
-    Bc, Cc = Bc.transpose(1, 2), Cc.transpose(1, 2)  # [B, 1, c, L, N]
+    Bc, Cc = B.reshape(bsz, 1, nc, L, N), C.reshape(bsz, 1, nc, L, N)  # [B, 1, c, L, N]: views
     cum = la.cumsum(-1)  # log-decay from the chunk's start to each step: chunk-local, bounded
     # (1) inside the chunk: M_tr = (C_t . B_r) exp(cum_t - cum_r) s_r for r <= t (eq-ssd-mask)
     M = (Cc @ Bc.transpose(-1, -2)) * torch.exp(segment_sums(cum))  # [B, H, c, L, L]
@@ -94,18 +93,23 @@ def ssd_scan(
     w = torch.exp(cum[..., -1:] - cum)
     w = (w if sc is None else w * sc).unsqueeze(-1) * Bc  # [B, H, c, L, N]
     states = xc.transpose(-1, -2) @ w  # [B, H, c, P, N]
-    # (3) T / L sequential passes: the state entering each chunk
-    chunk_decay = torch.exp(cum[..., -1]).unsqueeze(-1).unsqueeze(-1).unbind(2)  # c x [B, H, 1, 1]
-    h = x.new_zeros(bsz, H, P, N) if h0 is None else h0
-    starts = []
-    for decay_c, state_c in zip(chunk_decay, states.unbind(2)):
-        starts.append(h)
-        h = torch.addcmul(state_c, decay_c, h)  # h_end = a_chunk h_start + the chunk's own state
-    S = torch.stack(starts, 2)  # [B, H, c, P, N]
-    # (4) y = M x + exp(cum_t) C_t . h_start
-    y = torch.exp(cum).unsqueeze(-1) * Cc @ S.transpose(-1, -2) + M @ xc  # [B, H, c, L, P]
+    # (3) the state entering each chunk, all chunks at once: S_j = sum_{i < j} exp(tot_{i+1} + .. + tot_{j-1})
+    # states_i (+ exp(tot_0 + .. + tot_{j-1}) h0), the sums of log-decays taken by a masked cumsum (never
+    # as differences of long cumulative sums); tot_i is chunk i's total log-decay
+    tot = cum[..., -1]  # [B, H, c]
+    below = torch.ones(nc, nc, dtype=torch.bool, device=x.device).tril(-1)  # [j, i]: i < j
+    seg = tot.unsqueeze(-1).expand(*tot.shape, nc).masked_fill(~below, 0).cumsum(-2)  # [j, i]: sum_{i<m<=j}
+    # row j of the decay is row j - 1 of seg (the sum over i < m < j); the diagonal and above masked out
+    decay = torch.exp(F.pad(seg[..., :-1, :], (0, 0, 1, 0)).masked_fill(~below, -math.inf))  # [B, H, c, c]
+    S = (decay @ states.flatten(-2)).unflatten(-1, (P, N))  # [B, H, c, P, N]
+    if h0 is not None:
+        S = S + torch.exp(F.pad(tot.cumsum(-1)[..., :-1], (1, 0))).unsqueeze(-1).unsqueeze(-1) * h0.unsqueeze(2)
+    h_last = torch.addcmul(states[:, :, -1], torch.exp(tot[..., -1]).unsqueeze(-1).unsqueeze(-1), S[:, :, -1])
+    # (4) y = M x + exp(cum_t) C_t . h_start, the second product added in place (no third tensor)
+    y = M @ xc  # [B, H, c, L, P]
+    y.view(-1, L, P).baddbmm_((torch.exp(cum).unsqueeze(-1) * Cc).view(-1, L, N), S.view(-1, P, N).transpose(-1, -2))
     y = y.permute(0, 2, 3, 1, 4).reshape(bsz, nc * L, H, P)
-    return (y[:, :T] if pad else y), h
+    return (y[:, :T] if pad else y), h_last
 
 
 def selective_scan(
@@ -169,8 +173,7 @@ class _CausalConvSiLU(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         u, taps, a = ctx.saved_tensors
         K, T = taps.shape[0], u.shape[1]
-        sig = torch.sigmoid(a)
-        ga = grad * sig * (1 + a * (1 - sig))  # SiLU'(a) = s (1 + a (1 - s)), s = sigmoid(a)
+        ga = torch.ops.aten.silu_backward(grad, a)  # grad * SiLU'(a), SiLU'(a) = s (1 + a (1 - s)), s = sigmoid(a)
         gu = ga * taps[K - 1]
         rows = []  # the taps' gradients built out of place: the backward also runs under vmap
         for k in range(K):  # (adaTT's batched per-task extraction, ple.adatt)
@@ -242,8 +245,13 @@ class SelectiveSSM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "x", ("B", "T", self.in_proj.in_features), "d_model")
+        return self.block(x)
+
+    def block(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` without the input check (for callers that validated `x`): `[B, T, d_model]` -> same."""
         p = self.ssm_inputs(x)
-        y = selective_scan(p["u"], p["delta"], p["A"], p["B"], p["C"], p["D"], chunk_len=self.chunk_len)
+        # selective_scan's arithmetic without its checks: log-decay delta A, input scale delta
+        y, _ = ssd_scan(p["u"], p["delta"] * p["A"], p["B"], p["C"], scale=p["delta"], D=p["D"], chunk_len=self.chunk_len)
         return self.out_proj((y * F.silu(p["z"])).flatten(2))
 
 
@@ -311,6 +319,10 @@ class LiquidCell(nn.Module):
         check_tensor(inputs, "inputs", ("B", "T", self.w_in.in_features), "input_dim")
         if dt is not None:
             check_tensor(dt, "dt", tuple(inputs.shape[:2]), "one step per input")
+        return self.recur(inputs, dt)
+
+    def recur(self, inputs: torch.Tensor, dt: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` without the input checks (for callers that validated the inputs)."""
         decay, drive = self.step_terms(inputs, dt)
         return _LinearRecurrence.apply(decay, drive)  # x_t = a_t x_{t-1} + b_t from x_0 = 0
 
@@ -345,6 +357,10 @@ class PatchCausalTransformer(nn.Module):
         check_tensor(x, "x", ("B", "T", self.pos.shape[1]), "d_model")
         if x.shape[1] == 0:
             raise ShapeError("x has 0 steps; expected at least 1")
+        return self.encode(x)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` without the input checks (for callers that validated `x`)."""
         bsz, T, d = x.shape
         pad = (-T) % self.patch_len
         x = F.pad(x, (0, 0, pad, 0))  # left pad: the last patch ends at the last step
@@ -366,6 +382,9 @@ class TemporalExpert(SharedExpert):
       state (column `session_dt_index` of the sessions, if given, is the step dt);
     * ``out = MLP([ssm_last || ssm_mean || attention || ltc])`` -> `[B, out_dim]`. A missing sequence gives zero
       summaries for its branches; both missing gives zeros `[B, out_dim]`.
+    * the branches run on slices of `batch_slice` customers under one autograd graph (same values, small
+      tensors at any batch size: tensors above glibc's 32 MB mmap threshold are mapped and page-faulted
+      afresh on every allocation, which made large batches superlinear).
     """
 
     def __init__(
@@ -384,8 +403,10 @@ class TemporalExpert(SharedExpert):
         session_dt_index: int | None = None,
         chunk_len: int = 16,
         ssm_heads: int = 1,
+        batch_slice: int = 128,
     ) -> None:
         super().__init__()
+        self.batch_slice = check_int("batch_slice", batch_slice)
         self.txn_dim, self.session_dim, self.out_dim = txn_dim, session_dim, out_dim
         self.d_model, self.ltc_hidden, self.session_dt_index = d_model, ltc_hidden, session_dt_index
         self.txn_embed = nn.Linear(txn_dim, d_model)
@@ -396,31 +417,53 @@ class TemporalExpert(SharedExpert):
         self.ltc = LiquidCell(session_dim, ltc_hidden)
         self.fuse = MLP(3 * d_model + ltc_hidden, (fusion_dim,), out_dim=out_dim)
 
-    def sequence_outputs(
-        self, txn_seq: torch.Tensor | None, session_seq: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Per-step outputs of each branch (all causal): ``ssm`` `[B, T1, d_model]`,
-        ``attention`` `[B, ceil(T1 / patch_len), d_model]`, ``ltc`` `[B, T2, ltc_hidden]`."""
-        out: dict[str, torch.Tensor] = {}
+    def _check(self, txn_seq: torch.Tensor | None, session_seq: torch.Tensor | None) -> None:
+        # the public boundary: every check here, none inside the branches
         for name, seq in (("txn_seq", txn_seq), ("session_seq", session_seq)):
             if isinstance(seq, torch.Tensor) and seq.dim() == 3 and seq.shape[1] == 0:
                 raise ShapeError(f"{name} has 0 steps; expected at least 1 (pass None for a missing sequence)")
         if txn_seq is not None:
             check_tensor(txn_seq, "txn_seq", ("B", "T", self.txn_dim), "txn_dim")
-            e = self.txn_embed(txn_seq)
-            out["ssm"] = self.ssm_out(e + self.ssm(self.ssm_norm(e)))
-            out["attention"] = self.attention(e)
         if session_seq is not None:
             check_tensor(session_seq, "session_seq", ("B", "T", self.session_dim), "session_dim")
-            dt = None
-            if self.session_dt_index is not None:
-                dt = session_seq[..., self.session_dt_index].clamp_min(0)
-            out["ltc"] = self.ltc(session_seq, dt)
         if txn_seq is not None and session_seq is not None and txn_seq.shape[0] != session_seq.shape[0]:
             raise ValueError(
                 f"txn_seq has batch {txn_seq.shape[0]} but session_seq has batch {session_seq.shape[0]}"
             )
+
+    def _outputs(
+        self, txn_seq: torch.Tensor | None, session_seq: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if txn_seq is not None:
+            e = self.txn_embed(txn_seq)
+            out["ssm"] = self.ssm_out(e + self.ssm.block(self.ssm_norm(e)))
+            out["attention"] = self.attention.encode(e)
+        if session_seq is not None:
+            dt = None
+            if self.session_dt_index is not None:
+                dt = session_seq[..., self.session_dt_index].clamp_min(0)
+            out["ltc"] = self.ltc.recur(session_seq, dt)
         return out
+
+    def sequence_outputs(
+        self, txn_seq: torch.Tensor | None, session_seq: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per-step outputs of each branch (all causal): ``ssm`` `[B, T1, d_model]`,
+        ``attention`` `[B, ceil(T1 / patch_len), d_model]`, ``ltc`` `[B, T2, ltc_hidden]`."""
+        self._check(txn_seq, session_seq)
+        return self._outputs(txn_seq, session_seq)
+
+    def _summary(self, txn_seq: torch.Tensor | None, session_seq: torch.Tensor | None, bsz: int) -> torch.Tensor:
+        seq = self._outputs(txn_seq, session_seq)
+        zeros = self.txn_embed.weight.new_zeros
+        parts = [
+            seq["ssm"][:, -1] if "ssm" in seq else zeros(bsz, self.d_model),
+            seq["ssm"].mean(1) if "ssm" in seq else zeros(bsz, self.d_model),
+            seq["attention"][:, -1] if "attention" in seq else zeros(bsz, self.d_model),
+            seq["ltc"][:, -1] if "ltc" in seq else zeros(bsz, self.ltc_hidden),
+        ]
+        return torch.cat(parts, dim=-1)
 
     def forward(
         self,
@@ -429,16 +472,19 @@ class TemporalExpert(SharedExpert):
         *,
         batch_size: int | None = None,
     ) -> torch.Tensor:
-        """txn_seq `[B, T1, txn_dim]`, session_seq `[B, T2, session_dim]` (either may be None) -> `[B, out_dim]`."""
+        """txn_seq `[B, T1, txn_dim]`, session_seq `[B, T2, session_dim]` (either may be None) -> `[B, out_dim]`.
+
+        The branches run on slices of `batch_slice` customers (one autograd graph): every customer's
+        summary depends on its own row only, so slicing changes no value, and it keeps each tensor
+        small however large the batch."""
         if txn_seq is None and session_seq is None:
             return self.absent(batch_size)
-        seq = self.sequence_outputs(txn_seq, session_seq)
+        self._check(txn_seq, session_seq)
         bsz = (txn_seq if txn_seq is not None else session_seq).shape[0]
-        zeros = self.txn_embed.weight.new_zeros
+        step = self.batch_slice
         parts = [
-            seq["ssm"][:, -1] if "ssm" in seq else zeros(bsz, self.d_model),
-            seq["ssm"].mean(1) if "ssm" in seq else zeros(bsz, self.d_model),
-            seq["attention"][:, -1] if "attention" in seq else zeros(bsz, self.d_model),
-            seq["ltc"][:, -1] if "ltc" in seq else zeros(bsz, self.ltc_hidden),
+            self._summary(None if txn_seq is None else txn_seq[i : i + step],
+                          None if session_seq is None else session_seq[i : i + step], min(step, bsz - i))
+            for i in range(0, bsz, step)
         ]
-        return self.fuse(torch.cat(parts, dim=-1))
+        return self.fuse(parts[0] if len(parts) == 1 else torch.cat(parts))
