@@ -38,6 +38,45 @@ def _chunk_len(T: int, chunk_len: int) -> int:
     return next((n for n in range(chunk_len, chunk_len // 2, -1) if T % n == 0), chunk_len)
 
 
+class _ChunkProducts(torch.autograd.Function):
+    """The products of eq-ssd-chunk that touch the inputs and the states, with their gradients written
+    out (no copies to join views, no separate sum of x's two gradient paths):
+    ``states = x^T W``, ``S = decay states (+ S0)``, ``y = M x + E S^T`` per chunk.
+
+    x `[Z, L, P]`, M `[Z, L, L]`, E, W `[Z, L, N]`, decay `[G, c, c]` (Z = G c), S0 `[Z, P, N]` or None
+    -> y `[Z, L, P]`, S (the state entering each chunk) and states (each chunk's own end state) `[Z, P, N]`."""
+
+    @staticmethod
+    def forward(ctx, x, M, E, W, decay, S0):  # type: ignore[override]
+        G, c = decay.shape[0], decay.shape[1]
+        states = torch.bmm(x.transpose(1, 2), W)  # [Z, P, N]
+        S = torch.bmm(decay, states.view(G, c, -1)).view(states.shape)
+        if S0 is not None:
+            S = S + S0
+        y = torch.bmm(M, x).baddbmm_(E, S.transpose(1, 2))
+        ctx.save_for_backward(x, M, E, W, decay, states, S)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a tensor of zeros
+        return y, S, states
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy, gS, gstates):  # type: ignore[override]
+        x, M, E, W, decay, states, S = ctx.saved_tensors
+        G, c = decay.shape[0], decay.shape[1]
+        if gy is None:
+            gy = torch.zeros_like(x.new_empty(M.shape[0], M.shape[1], x.shape[-1]))
+        gS_all = torch.bmm(gy.transpose(1, 2), E)  # [Z, P, N]
+        if gS is not None:
+            gS_all = gS_all + gS
+        g_decay = torch.bmm(gS_all.view(G, c, -1), states.view(G, c, -1).transpose(1, 2))
+        g_states = torch.bmm(decay.transpose(1, 2), gS_all.view(G, c, -1)).view(states.shape)
+        if gstates is not None:
+            g_states = g_states + gstates
+        gx = torch.bmm(M.transpose(1, 2), gy).baddbmm_(W, g_states.transpose(1, 2))
+        return (gx, torch.bmm(gy, x.transpose(1, 2)), torch.bmm(gy, S), torch.bmm(x, g_states), g_decay,
+                gS_all if ctx.needs_input_grad[5] else None)
+
+
 def ssd_scan(
     x: torch.Tensor,
     log_a: torch.Tensor,
@@ -92,7 +131,7 @@ def ssd_scan(
     # (2) each chunk's own state at its end: sum_r exp(cum_L - cum_r) s_r x_r B_r^T
     w = torch.exp(cum[..., -1:] - cum)
     w = (w if sc is None else w * sc).unsqueeze(-1) * Bc  # [B, H, c, L, N]
-    states = xc.transpose(-1, -2) @ w  # [B, H, c, P, N]
+    # states = x^T w, [B, H, c, P, N], is formed in (4)
     # (3) the state entering each chunk, all chunks at once: S_j = sum_{i < j} exp(tot_{i+1} + .. + tot_{j-1})
     # states_i (+ exp(tot_0 + .. + tot_{j-1}) h0), the sums of log-decays taken by a masked cumsum (never
     # as differences of long cumulative sums); tot_i is chunk i's total log-decay
@@ -101,13 +140,17 @@ def ssd_scan(
     seg = tot.unsqueeze(-1).expand(*tot.shape, nc).masked_fill(~below, 0).cumsum(-2)  # [j, i]: sum_{i<m<=j}
     # row j of the decay is row j - 1 of seg (the sum over i < m < j); the diagonal and above masked out
     decay = torch.exp(F.pad(seg[..., :-1, :], (0, 0, 1, 0)).masked_fill(~below, -math.inf))  # [B, H, c, c]
-    S = (decay @ states.flatten(-2)).unflatten(-1, (P, N))  # [B, H, c, P, N]
+    # (4) y = M x + exp(cum_t) C_t . h_start, with the states of (2) and (3), in one function
+    S0 = None
     if h0 is not None:
-        S = S + torch.exp(F.pad(tot.cumsum(-1)[..., :-1], (1, 0))).unsqueeze(-1).unsqueeze(-1) * h0.unsqueeze(2)
+        S0 = torch.exp(F.pad(tot.cumsum(-1)[..., :-1], (1, 0))).unsqueeze(-1).unsqueeze(-1) * h0.unsqueeze(2)
+        S0 = S0.reshape(-1, P, N)
+    E = (torch.exp(cum).unsqueeze(-1) * Cc).reshape(-1, L, N)
+    y, S, states = _ChunkProducts.apply(xc.reshape(-1, L, P), M.reshape(-1, L, L), E, w.reshape(-1, L, N),
+                                        decay.reshape(-1, nc, nc), S0)
+    S, states = S.view(bsz, H, nc, P, N), states.view(bsz, H, nc, P, N)
     h_last = torch.addcmul(states[:, :, -1], torch.exp(tot[..., -1]).unsqueeze(-1).unsqueeze(-1), S[:, :, -1])
-    # (4) y = M x + exp(cum_t) C_t . h_start, the second product added in place (no third tensor)
-    y = M @ xc  # [B, H, c, L, P]
-    y.view(-1, L, P).baddbmm_((torch.exp(cum).unsqueeze(-1) * Cc).view(-1, L, N), S.view(-1, P, N).transpose(-1, -2))
+    y = y.view(bsz, H, nc, L, P)
     y = y.permute(0, 2, 3, 1, 4).reshape(bsz, nc * L, H, P)
     return (y[:, :T] if pad else y), h_last
 
