@@ -311,6 +311,8 @@ class FitState:
     skip_step: set in after_backward to drop this step; skipped_steps / oom_steps: steps dropped
     by a callback / by a CUDA out-of-memory error (`fit(skip_oom=True)`); epoch_sum [K + 1] and
     epoch_batches: the epoch's running loss sums (per task, then the total) and taken steps.
+    aux_loss: the model's regulariser of the step (a scalar tensor or None), set for an aggregator
+    that takes the backward itself (`performs_backward`, see `fit`).
     """
 
     model: nn.Module
@@ -339,6 +341,7 @@ class FitState:
     oom_steps: int = 0
     epoch_sum: torch.Tensor | None = None
     epoch_batches: int = 0
+    aux_loss: torch.Tensor | None = None
 
 
 class WeightedSum(nn.Module):
@@ -611,7 +614,13 @@ def fit(
     progress: a tqdm progress bar over epochs. skip_oom: a CUDA out-of-memory error in a step
     drops that batch (gradients cleared, cache emptied, counted in `state.oom_steps`) instead of
     ending the run. Callbacks can resume a run mid-epoch and drop steps (see `Callback`); with
-    `state.scaler` set the step goes through the grad scaler. Returns the `History`.
+    `state.scaler` set the step goes through the grad scaler.
+    An aggregator with a true attribute `performs_backward` (e.g. Jacobian descent, which
+    combines the per-task gradients rather than the losses) takes the backward itself: the
+    engine clears the gradients first, sets `state.aux_loss` (the model's regulariser or None),
+    calls it, and records what it returns (the step's loss, regulariser included) without
+    calling backward; it must leave the gradients of the task losses and of `state.aux_loss` in
+    the parameters' `.grad` (scaled by `state.scaler` if set). Returns the `History`.
     """
     epochs = check_int("epochs", epochs, 1)
     batch_size = check_int("batch_size", batch_size, 1)
@@ -701,13 +710,21 @@ def fit(
                             out, aux = out
                         state.outputs, state.aux = _outputs_by_task(out, names), aux
                         state.losses = _task_losses(tasks, state.outputs, state.batch)
+                        backward_done = bool(getattr(state.aggregate, "performs_backward", False))
+                        if backward_done:  # the aggregator takes the backward itself (Jacobian descent)
+                            state.optimizer.zero_grad(set_to_none=True)
+                            aux_loss = aux.get("loss") if isinstance(aux, Mapping) else aux
+                            state.aux_loss = aux_loss if isinstance(aux_loss, torch.Tensor) else None
                         loss = state.aggregate(state.losses, state)
-                    aux_loss = aux.get("loss") if isinstance(aux, Mapping) else aux
-                    if isinstance(aux_loss, torch.Tensor):
-                        loss = loss + aux_loss
-                    state.loss = loss
-                    state.optimizer.zero_grad(set_to_none=True)
-                    (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
+                    if backward_done:  # its return value (regulariser included) is what is recorded
+                        state.loss = loss
+                    else:
+                        aux_loss = aux.get("loss") if isinstance(aux, Mapping) else aux
+                        if isinstance(aux_loss, torch.Tensor):
+                            loss = loss + aux_loss
+                        state.loss = loss
+                        state.optimizer.zero_grad(set_to_none=True)
+                        (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
                 except torch.OutOfMemoryError:
                     if not skip_oom:
                         raise
