@@ -34,6 +34,7 @@ from ple.experts.perslay import persistence_diagrams
 from ple.experts.temporal import (
     LiquidCell,
     SelectiveSSM,
+    TemporalExpert,
     _CausalConvSiLU,
     _LinearRecurrence,
     selective_scan,
@@ -135,6 +136,45 @@ def test_chunked_scan_memory_is_bounded(gen):
     bound = 4 * (bsz * T * (H * P + H * L + N) + bsz * (T // L + 1) * H * P * N)
     assert got <= 8 * bound, (got, bound)
     assert got < all_states / 2, (got, all_states)
+
+
+def test_temporal_batch_slices_change_no_value(gen):
+    torch.manual_seed(0)
+    expert = TemporalExpert(txn_dim=5, session_dim=3, d_model=8, ltc_hidden=6, patch_len=4, batch_slice=3).double()
+    txn = torch.randn(7, 12, 5, generator=gen, dtype=f64)
+    sess = torch.randn(7, 6, 3, generator=gen, dtype=f64)
+    sliced = expert(txn, sess)
+    grads = torch.autograd.grad(sliced.square().sum(), list(expert.parameters()))
+    expert.batch_slice = 100  # the whole batch at once
+    whole = expert(txn, sess)
+    assert torch.allclose(sliced, whole, atol=1e-12)
+    for g_s, g_w in zip(grads, torch.autograd.grad(whole.square().sum(), list(expert.parameters()))):
+        assert torch.allclose(g_s, g_w, atol=1e-10)
+    assert torch.allclose(expert(txn, None), TemporalExpert.forward(expert, txn, None), atol=0)
+    with pytest.raises(ValueError, match="batch_slice"):
+        TemporalExpert(batch_slice=0)
+
+
+def test_temporal_saved_tensors_do_not_grow_with_the_batch(gen):
+    # the largest tensor kept for the backward pass is a slice's, however many customers come in
+    expert = TemporalExpert(txn_dim=4, session_dim=3, d_model=8, ltc_hidden=4, patch_len=5, batch_slice=8)
+
+    def largest_saved(bsz: int) -> int:
+        txn = torch.randn(bsz, 30, 4, generator=gen)
+        sess = torch.randn(bsz, 10, 3, generator=gen)
+        inputs = {txn.untyped_storage().data_ptr(), sess.untyped_storage().data_ptr()}
+        sizes = [0]
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in inputs:
+                sizes.append(t.untyped_storage().nbytes())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            expert(txn, sess)
+        return max(sizes)
+
+    assert largest_saved(64) == largest_saved(8)
 
 
 def test_selective_ssm_block_is_causal(gen):
