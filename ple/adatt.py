@@ -28,6 +28,7 @@ def gradient_cosines(grads: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     does not reach the parameters) has cosine 0 with every task, itself included.
     """
     checks.check_tensor(grads, "grads", ["n", "d"], "one flattened gradient per task")
+    eps = check_float("eps", eps, 0.0, low_open=True)
     unit = grads / grads.norm(dim=1, keepdim=True).clamp_min(eps)
     return unit @ unit.T
 
@@ -38,7 +39,18 @@ def ema_update(affinity: torch.Tensor, cosines: torch.Tensor, update_count: torc
 
     affinity, cosines: [n, n]; update_count: updates so far (a 0-d tensor, read on the device:
     no host sync). Pairs whose cosine is not finite keep their previous value. Returns the new A.
+    The update is elementwise, so any shape works as long as the two agree; shapes and ema_decay
+    in [0, 1) are checked on the host (free).
     """
+    if not isinstance(affinity, torch.Tensor):
+        raise checks.InputTypeError(f"affinity must be a torch.Tensor [n, n]; got {type(affinity).__name__}")
+    if not isinstance(cosines, torch.Tensor) or cosines.shape != affinity.shape:
+        got = list(cosines.shape) if isinstance(cosines, torch.Tensor) else type(cosines).__name__
+        raise ShapeError(f"cosines has shape {got}; expected {list(affinity.shape)} (the shape of affinity)")
+    if not isinstance(update_count, torch.Tensor) or update_count.dim() != 0:
+        got = list(update_count.shape) if isinstance(update_count, torch.Tensor) else type(update_count).__name__
+        raise ShapeError(f"update_count has shape {got}; expected a 0-d tensor (the number of updates so far)")
+    ema_decay = check_float("ema_decay", ema_decay, 0.0, 1.0, high_open=True)
     first = update_count == 0
     blended = torch.where(first, cosines, ema_decay * affinity + (1.0 - ema_decay) * cosines)
     return torch.where(torch.isfinite(cosines), blended, affinity).clamp(-1.0, 1.0)
@@ -72,6 +84,7 @@ def task_loss_vector(losses: Mapping[str, torch.Tensor], task_names: Sequence[st
     tasks, each a scalar tensor; the error names the task and what it got."""
     if not isinstance(losses, Mapping):
         raise InputTypeError(f"losses must be a mapping {{task: scalar loss}}; got {type(losses).__name__}")
+    checks.check_unique("task_names", task_names)
     missing = [t for t in task_names if t not in losses]
     unknown = [t for t in losses if t not in task_names]
     if missing or unknown:
@@ -213,7 +226,7 @@ class TaskAffinityComputer(nn.Module):
             if self.method_used == "batched":  # 0 * NaN spreads across rows in one backward: ask each task
                 bad = ~torch.isfinite(self._loop(losses)).all(dim=1)
             names = [t for t, b in zip(self.task_names, bad.tolist()) if b]
-            raise NonFiniteError(f"the gradients of task(s) {names} on the shared parameters contain NaN or inf")
+            raise NonFiniteError(f"losses: the gradients of task(s) {names} on the shared parameters contain NaN or inf")
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Measure: losses {task: scalar with its graph} -> A [n, n] after folding in this C."""

@@ -60,14 +60,38 @@ def prior_ratio(epoch: int, warmup_epochs: int, freeze_epoch: int, start: float 
     """r(e) of eq-adatt-anneal: r_s - (r_s - r_e) min(max(e - e_warm, 0) / (e_freeze - e_warm), 1).
 
     epoch: epochs completed (the 0-based index of the coming epoch); r = r_s until warmup ends,
-    r_e from freeze_epoch on.
+    r_e from freeze_epoch on. Needs 0 <= warmup_epochs < freeze_epoch and r_s, r_e in [0, 1].
     """
+    epoch = check_int("epoch", epoch, 0)
+    warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
+    freeze_epoch = check_int("freeze_epoch", freeze_epoch, warmup_epochs + 1)
+    start, end = check_float("start", start, 0.0, 1.0), check_float("end", end, 0.0, 1.0)
     progress = min(max(epoch - warmup_epochs, 0) / (freeze_epoch - warmup_epochs), 1.0)
     return start - (start - end) * progress
 
 
+def _square(x: object, name: str, n: int | None = None) -> int:
+    """The size n of a square tensor [n, n] (= n when given); ShapeError naming `name` otherwise."""
+    if not isinstance(x, torch.Tensor):
+        raise InputTypeError(f"{name} must be a torch.Tensor [n, n]; got {type(x).__name__}")
+    if x.dim() != 2 or x.shape[0] != x.shape[1] or (n is not None and x.shape[0] != n):
+        want = "[n, n]" if n is None else f"[{n}, {n}]"
+        raise ShapeError(f"{name} has shape {list(x.shape)}; expected {want} (one row and column per task)")
+    return int(x.shape[0])
+
+
 def blend(transfer_matrix: torch.Tensor, affinity: torch.Tensor, prior: torch.Tensor, ratio) -> torch.Tensor:
-    """R = (W + A)(1 - r) + P r (eq-adatt-blend). W, A, P: [n, n]; ratio r: a float or 0-d tensor."""
+    """R = (W + A)(1 - r) + P r (eq-adatt-blend). W, A, P: [n, n]; ratio r: a float or 0-d tensor
+    in [0, 1] (a tensor's value is read only while validation is on)."""
+    n = _square(transfer_matrix, "transfer_matrix")
+    _square(affinity, "affinity", n)
+    _square(prior, "prior", n)
+    if isinstance(ratio, torch.Tensor):
+        if ratio.dim() != 0:
+            raise ShapeError(f"ratio has shape {list(ratio.shape)}; expected a 0-d tensor or a float")
+        checks.check_range(ratio, "ratio", 0.0, 1.0)
+    else:
+        ratio = check_float("ratio", ratio, 0.0, 1.0)
     return (transfer_matrix + affinity) * (1.0 - ratio) + prior * ratio
 
 
@@ -80,7 +104,14 @@ def transfer_weights(R: torch.Tensor, affinity: torch.Tensor, *, temperature: fl
     None: all are). Entries not allowed get a -inf logit, hence weight exactly 0; each row sums
     to 1 over its allowed set; a row with no allowed entry is all 0. No host sync.
     """
-    n = R.shape[0]
+    n = _square(R, "R")
+    _square(affinity, "affinity", n)
+    temperature = check_float("temperature", temperature, 0.0, low_open=True)
+    if neg_threshold is not None:
+        neg_threshold = check_float("neg_threshold", neg_threshold)
+    if loss_mask is not None and (not isinstance(loss_mask, torch.Tensor) or loss_mask.shape != (n,)):
+        got = list(loss_mask.shape) if isinstance(loss_mask, torch.Tensor) else type(loss_mask).__name__
+        raise ShapeError(f"loss_mask has shape {got}; expected [{n}] (one entry per task)")
     allowed = ~torch.eye(n, dtype=torch.bool, device=R.device)
     if neg_threshold is not None:
         allowed = allowed & (affinity >= neg_threshold)
@@ -100,6 +131,12 @@ def transfer_enhanced_losses(losses: torch.Tensor, weights: torch.Tensor, transf
     losses: L [n]; weights: w [n, n]. Returns (L^adaTT [n], binds [n] bool). Where the clamp
     binds the transfer term is the detached rho L_i: it passes no gradient.
     """
+    if not isinstance(losses, torch.Tensor) or losses.dim() != 1:
+        got = list(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ShapeError(f"losses has shape {got}; expected [n] (one loss per task)")
+    _square(weights, "weights", losses.shape[0])
+    transfer_lambda = check_float("transfer_lambda", transfer_lambda, 0.0)
+    max_transfer_ratio = check_float("max_transfer_ratio", max_transfer_ratio, 0.0)
     transfer = transfer_lambda * (weights @ losses)
     cap = max_transfer_ratio * losses.detach()
     return losses + torch.minimum(transfer, cap), cap < transfer

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ple.checks import HyperparameterError, InputTypeError, ShapeError, TaskError, check_choice, check_float, check_int, check_tensor
+from ple import checks
+from ple.checks import HyperparameterError, InputTypeError, ShapeError, TaskError, check_choice, check_dtype, check_float, check_int, check_tensor
 from ple.fit import Callback, FitState, Task, TensorData
 from ple.layers import StackedLinear
 from ple.tasks import TaskSpec
@@ -36,7 +37,10 @@ def _dt(x: torch.Tensor) -> torch.dtype:
 
 
 def evidence(z: torch.Tensor, max_evidence: float = EVIDENCE_MAX) -> torch.Tensor:
-    """Non-negative evidence from raw head outputs: softplus(z), clamped at `max_evidence`."""
+    """Non-negative evidence from raw head outputs: softplus(z), clamped at `max_evidence` (> 0)."""
+    if not isinstance(z, torch.Tensor):
+        raise InputTypeError(f"z must be a torch.Tensor; got {type(z).__name__}")
+    max_evidence = check_float("max_evidence", max_evidence, 0.0, low_open=True)
     return F.softplus(z.to(_dt(z))).clamp(max=max_evidence)
 
 
@@ -44,18 +48,24 @@ def _check_alpha(alpha: torch.Tensor, name: str = "alpha") -> None:
     check_tensor(alpha, name, ["B", "K"], "Dirichlet parameters, batch first")
     if alpha.shape[1] < 2:
         raise ShapeError(f"{name} has shape {list(alpha.shape)}; expected [B, K] with K >= 2 classes")
+    checks.check_range(alpha, name, 0.0, low_open=True, what="Dirichlet parameters")  # a sync: only while validating
 
 
-def _one_hot(y: torch.Tensor, K: int, name: str = "y") -> torch.Tensor:
-    """Class indices [B] (int) -> one-hot [B, K] float; a float [B, K] one-hot passes through."""
+def _one_hot(y: torch.Tensor, K: int, name: str = "y", batch: int | None = None) -> torch.Tensor:
+    """Class indices [B] (int) -> one-hot [B, K] float; a float [B, K] one-hot passes through.
+    `batch`: the B that y must have (alpha's rows); indices outside [0, K) raise (while validating)."""
     if not isinstance(y, torch.Tensor):
         raise InputTypeError(f"{name} must be a torch.Tensor; got {type(y).__name__}")
+    if batch is not None and (y.dim() == 0 or y.shape[0] != batch):
+        raise ShapeError(f"{name} has shape {list(y.shape)}; expected {batch} rows (the batch of alpha)")
     if y.dim() == 2 and y.is_floating_point():
         if y.shape[1] != K:
             raise ShapeError(f"{name} has shape {list(y.shape)}; expected [B] class indices or [B, {K}] one-hot")
+        checks.check_range(y, name, 0.0, 1.0, what="a one-hot target")
         return y
     if y.dim() != 1:
         raise ShapeError(f"{name} has shape {list(y.shape)}; expected [B] class indices or [B, {K}] one-hot")
+    checks.check_range(y, name, 0, K - 1, what=f"class indices of {K} classes")
     return F.one_hot(y.long(), K).to(torch.float32)
 
 
@@ -98,7 +108,7 @@ def evidential_kl(alpha: torch.Tensor, y: torch.Tensor, form: str = "sensoy") ->
     _check_alpha(alpha)
     if form == "post":
         return dirichlet_kl_uniform(alpha)
-    y1 = _one_hot(y, alpha.shape[1]).to(_dt(alpha))
+    y1 = _one_hot(y, alpha.shape[1], batch=alpha.shape[0]).to(_dt(alpha))
     return dirichlet_kl_uniform(y1 + (1 - y1) * alpha.to(y1.dtype))
 
 
@@ -112,7 +122,7 @@ def dirichlet_risk(alpha: torch.Tensor, y: torch.Tensor, risk: str = "mse") -> t
     check_choice("risk", risk, RISKS)
     _check_alpha(alpha)
     a = alpha.to(_dt(alpha))
-    y1 = _one_hot(y, a.shape[1]).to(a.dtype)
+    y1 = _one_hot(y, a.shape[1], batch=a.shape[0]).to(a.dtype)
     S = a.sum(dim=1, keepdim=True)
     if risk == "mse":
         p = a / S
@@ -124,8 +134,20 @@ def dirichlet_risk(alpha: torch.Tensor, y: torch.Tensor, risk: str = "mse") -> t
 
 def dirichlet_loss(alpha: torch.Tensor, y: torch.Tensor, kl_coef: float | torch.Tensor = 0.0, *,
                    risk: str = "mse", form: str = "sensoy") -> torch.Tensor:
-    """eq-evidential-objective per sample, [B]: risk(alpha, y) + kl_coef * KL (`evidential_kl`)."""
+    """eq-evidential-objective per sample, [B]: risk(alpha, y) + kl_coef * KL (`evidential_kl`);
+    kl_coef >= 0 (a float, or a 0-d tensor read only while validating)."""
+    _check_coef(kl_coef, "kl_coef")
     return dirichlet_risk(alpha, y, risk) + kl_coef * evidential_kl(alpha, y, form)
+
+
+def _check_coef(c: object, name: str) -> None:
+    """A loss weight >= 0: a float (checked on the host) or a 0-d tensor (read only while validating)."""
+    if isinstance(c, torch.Tensor):
+        if c.dim() != 0:
+            raise ShapeError(f"{name} has shape {list(c.shape)}; expected a float or a 0-d tensor")
+        checks.check_range(c, name, 0.0)
+    else:
+        check_float(name, c, 0.0)
 
 
 def kl_annealing(epoch: int, kl_lambda: float = KL_LAMBDA, anneal_epochs: int = ANNEAL_EPOCHS) -> float:
@@ -143,6 +165,14 @@ class NIG:
     nu: torch.Tensor
     alpha: torch.Tensor
     beta: torch.Tensor
+
+    def __post_init__(self) -> None:  # types and shapes only (free); the ranges are checked where they are read
+        for name in ("gamma", "nu", "alpha", "beta"):
+            x = getattr(self, name)
+            if not isinstance(x, torch.Tensor):
+                raise InputTypeError(f"{name} must be a torch.Tensor [B, d]; got {type(x).__name__}")
+            if x.dim() != 2 or x.shape != self.gamma.shape:
+                raise ShapeError(f"{name} has shape {list(x.shape)}; expected [B, d] = {list(self.gamma.shape)} (the shape of gamma)")
 
     @classmethod
     def from_raw(cls, raw: torch.Tensor, max_evidence: float = EVIDENCE_MAX) -> NIG:
@@ -177,6 +207,7 @@ class NIG:
 def _y_like(y: torch.Tensor, ref: torch.Tensor, name: str = "y") -> torch.Tensor:
     if not isinstance(y, torch.Tensor):
         raise InputTypeError(f"{name} must be a torch.Tensor; got {type(y).__name__}")
+    checks.check_finite(y, name)
     if y.shape != ref.shape:
         if y.dim() == 1 and ref.dim() == 2 and ref.shape[1] == 1 and y.shape[0] == ref.shape[0]:
             return y.unsqueeze(1).to(ref.dtype)
@@ -193,6 +224,11 @@ def _lgamma_ratio(a: torch.Tensor) -> torch.Tensor:
     return torch.where(big, asym, exact)
 
 
+def _check_nig(nig: object) -> None:
+    if not isinstance(nig, NIG):
+        raise InputTypeError(f"nig must be a NIG (gamma, nu, alpha, beta); got {type(nig).__name__}")
+
+
 def nig_nll(y: torch.Tensor, nig: NIG) -> torch.Tensor:
     """eq-nig-nll: the negative log marginal likelihood of y under NIG, summed over outputs, [B]:
 
@@ -200,8 +236,12 @@ def nig_nll(y: torch.Tensor, nig: NIG) -> torch.Tensor:
         + log Gamma(alpha) - log Gamma(alpha + 1/2),   Omega = 2 beta (1 + nu),
 
     evaluated as 1/2 log(pi / nu) + 1/2 log Omega + (alpha + 1/2) log1p((y - gamma)^2 nu / Omega) + ...
-    (eq-nig-nll-stable), finite at huge evidence. Float32 or wider.
+    (eq-nig-nll-stable), finite at huge evidence. Float32 or wider. Needs nu, alpha, beta > 0
+    (checked while validating).
     """
+    _check_nig(nig)
+    for name in ("nu", "alpha", "beta"):
+        checks.check_range(getattr(nig, name), name, 0.0, low_open=True, what="a NIG parameter")
     g = nig.gamma.to(_dt(nig.gamma))
     nu, a, b = nig.nu.to(g.dtype), nig.alpha.to(g.dtype), nig.beta.to(g.dtype)
     yy = _y_like(y, g)
@@ -213,19 +253,23 @@ def nig_nll(y: torch.Tensor, nig: NIG) -> torch.Tensor:
 
 def nig_regularizer(y: torch.Tensor, nig: NIG) -> torch.Tensor:
     """eq-nig-reg: |y - gamma| (2 nu + alpha), summed over outputs, [B] (Amini et al. 2020)."""
+    _check_nig(nig)
     g = nig.gamma.to(_dt(nig.gamma))
     yy = _y_like(y, g)
     return ((yy - g).abs() * (2 * nig.nu.to(g.dtype) + nig.alpha.to(g.dtype))).sum(dim=1)
 
 
 def nig_loss(y: torch.Tensor, nig: NIG, reg_lambda: float | torch.Tensor = NIG_LAMBDA) -> torch.Tensor:
-    """Amini et al.'s objective per sample, [B]: nig_nll + reg_lambda * nig_regularizer."""
+    """Amini et al.'s objective per sample, [B]: nig_nll + reg_lambda * nig_regularizer (reg_lambda >= 0)."""
+    _check_coef(reg_lambda, "reg_lambda")
     return nig_nll(y, nig) + reg_lambda * nig_regularizer(y, nig)
 
 
 # ------------------------------------------------------------------------------ heads
 def evidential_name(task: str) -> str:
     """The name of task `task`'s evidential output in `ple.fit` (a task of its own): ``task/evidential``."""
+    if not isinstance(task, str) or not task:
+        raise TaskError(f"task must be a non-empty task name; got {task!r}")
     return f"{task}/evidential"
 
 
@@ -258,9 +302,15 @@ class EvidentialHeads(nn.Module):
                  kl_form: str = "sensoy", kl_lambda: float = KL_LAMBDA, anneal_epochs: int = ANNEAL_EPOCHS,
                  nig_lambda: float = NIG_LAMBDA, detach: bool = True) -> None:
         super().__init__()
+        if isinstance(specs, (str, TaskSpec)) or not isinstance(specs, Sequence):
+            raise InputTypeError(f"specs must be a sequence of TaskSpec; got {type(specs).__name__}")
+        bad = [i for i, s in enumerate(specs) if not isinstance(s, TaskSpec)]
+        if bad:
+            raise InputTypeError(f"specs[{bad[0]}] must be a TaskSpec; got {type(specs[bad[0]]).__name__}")
+        checks.check_unique("specs (task names)", [s.name for s in specs])
         self.specs = {s.name: s for s in specs if s.task_type in HEAD_TYPES}
         if not self.specs:
-            raise TaskError(f"no task of type {HEAD_TYPES} among {[s.name for s in specs]}")
+            raise TaskError(f"specs has no task of type {HEAD_TYPES}; got {[s.name for s in specs]}")
         self.task_names = tuple(self.specs)
         self.in_dim = check_int("in_dim", in_dim)
         self.hidden_dim = check_int("hidden_dim", hidden_dim)
@@ -312,6 +362,7 @@ class EvidentialHeads(nn.Module):
             raise TaskError(f"hidden lacks task(s) {missing}; the heads read {list(self.task_names)}")
         x = torch.stack([hidden[t] for t in self.task_names], dim=1)  # [B, K, in_dim]
         check_tensor(x, "hidden (stacked)", ["B", len(self.task_names), self.in_dim], "tower inputs, in_dim")
+        check_dtype(x, "hidden", self.layer1.weight.dtype)
         if self.detach:
             x = x.detach()
         z = self.layer2(F.silu(self.layer1(x)))  # [B, K, P_max]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ple.checks import HyperparameterError, ShapeError, check_float, check_int, check_tensor
+from ple.checks import HyperparameterError, InputTypeError, ShapeError, check_dtype, check_float, check_int, check_tensor
 from ple.fit import Task
 
 SAE_EXPANSION = 4        # 512 -> 2048 latents (the posts)
@@ -63,6 +63,7 @@ class SparseAutoencoder(nn.Module):
     def encode(self, h: torch.Tensor) -> torch.Tensor:
         """eq-sae-encode: h [B, D] -> z [B, M], z >= 0."""
         check_tensor(h, "h", ["B", self.input_dim], "input_dim")
+        check_dtype(h, "h", self.weight.dtype)
         return F.relu(F.linear(h, self.weight, self.b_enc))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -106,6 +107,13 @@ class _SAEFitView(nn.Module):
 def sae_loss(h: torch.Tensor, out: SAEOutput, l1_lambda: float = SAE_L1_LAMBDA) -> torch.Tensor:
     """eq-sae-loss per sample, [B]: sum_d (h_d - h_hat_d)^2 + l1_lambda sum_m |z_m| (z >= 0).
     Computed in float32 at least (bf16 / fp16 inputs are promoted)."""
+    if not isinstance(h, torch.Tensor):
+        raise InputTypeError(f"h must be a torch.Tensor [B, D]; got {type(h).__name__}")
+    if not isinstance(out, SAEOutput):
+        raise InputTypeError(f"out must be an SAEOutput (latent, recon); got {type(out).__name__}")
+    l1_lambda = check_float("l1_lambda", l1_lambda, 0.0)
+    if out.latent.dim() != 2 or out.latent.shape[0] != h.shape[0]:
+        raise ShapeError(f"latent has shape {list(out.latent.shape)}; expected [{h.shape[0]}, M] (the batch of h)")
     if out.recon.shape != h.shape:
         raise ShapeError(f"recon has shape {list(out.recon.shape)}; expected {list(h.shape)} (the shape of h)")
     dt = torch.promote_types(h.dtype, torch.float32)
@@ -131,6 +139,7 @@ class SAEHead(nn.Module):
         self.detach = detach
 
     def forward(self, h_shared: torch.Tensor, hidden=None) -> dict[str, torch.Tensor]:
+        check_tensor(h_shared, "h_shared", ["B", self.sae.input_dim], "input_dim")
         h = h_shared.detach() if self.detach else h_shared
         out = self.sae(h)
         return {"sae_latent": out.latent, "sae_recon": out.recon}
@@ -147,6 +156,8 @@ def latent_activity(z: torch.Tensor, dense_fraction: float = 0.5) -> dict[str, o
     on more than `dense_fraction` of the samples); mean number of active latents per sample (L0)."""
     check_tensor(z, "z", ["N", "M"])
     dense_fraction = check_float("dense_fraction", dense_fraction, 0.0, 1.0)
+    if z.shape[0] == 0:
+        raise ShapeError(f"z has shape {list(z.shape)}; expected at least one sample (firing rates of 0 samples are undefined)")
     freq = (z > 0).float().mean(dim=0)
     return {"frequency": freq, "dead": int((freq == 0).sum()), "dense": int((freq > dense_fraction).sum()),
             "l0": float((z > 0).float().sum(dim=1).mean())}

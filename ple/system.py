@@ -231,6 +231,29 @@ class SystemInputs:
     hmm: dict[str, torch.Tensor] | None = None
     cluster_probs: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:  # types, modes and batch sizes: host only, free
+        if not isinstance(self.experts, ExpertInputs):
+            raise checks.InputTypeError(f"experts must be an ExpertInputs; got {type(self.experts).__name__}")
+        if self.hmm is not None:
+            if not isinstance(self.hmm, Mapping):
+                raise checks.InputTypeError(f"hmm must be a dict {{mode: [B, 16]}}; got {type(self.hmm).__name__}")
+            unknown = sorted(set(self.hmm) - set(HMM_MODES))
+            if unknown:
+                raise HyperparameterError(f"hmm has unknown mode(s) {unknown}; expected modes from {HMM_MODES}")
+        rows: dict[str, int] = {}
+        for name, x in self._tensors().items():
+            if x is None:
+                continue
+            if not isinstance(x, torch.Tensor):
+                raise checks.InputTypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+            if x.dim() == 0:
+                raise ShapeError(f"{name} is a 0-d tensor; expected batch first [B, ...]")
+            rows[name] = int(x.shape[0])
+        if len(set(rows.values())) > 1:
+            first = next(iter(rows))
+            bad = next(n for n, r in rows.items() if r != rows[first])
+            raise ShapeError(f"{bad} has {rows[bad]} rows; expected {rows[first]} (the batch size of {first})")
+
     @property
     def batch_size(self) -> int:
         for v in (*self._tensors().values(),):
@@ -310,6 +333,11 @@ def dependency_waves(tasks: Sequence[str], edges: Sequence[Sequence[str]]) -> li
     in wave l has its deepest source in wave l - 1. Within a wave, tasks keep `tasks`' order.
     With the posts' five edges: 13 tasks, then cvr / retention / spending_category, then ltv /
     brand_prediction."""
+    if isinstance(tasks, str) or not isinstance(tasks, Sequence) or not tasks:
+        raise TaskError(f"tasks must be a non-empty sequence of task names; got {tasks!r}")
+    checks.check_unique("tasks", tasks)
+    if isinstance(edges, str) or not isinstance(edges, Sequence):
+        raise TaskError(f"edges must be a sequence of (source, target, mode) triples; got {edges!r}")
     order = LogitTransfer(tasks, edges, dict.fromkeys(tasks, 1)).order if edges else list(tasks)
     level: dict[str, int] = {}
     for t in order:
@@ -318,9 +346,24 @@ def dependency_waves(tasks: Sequence[str], edges: Sequence[Sequence[str]]) -> li
     return [[t for t in tasks if level[t] == lvl] for lvl in range(n)]
 
 
+def _check_logits(spec: object, logits: object) -> int:
+    """Host-only checks of one task's logits [B, output_dim]; returns B."""
+    if not isinstance(spec, TaskSpec):
+        raise checks.InputTypeError(f"spec must be a TaskSpec (ple.tasks.get_task(name)); got {type(spec).__name__}")
+    if not isinstance(logits, torch.Tensor):
+        raise checks.InputTypeError(f"logits must be a torch.Tensor; got {type(logits).__name__}")
+    if logits.dim() != 2 or logits.shape[1] != spec.output_dim:
+        raise ShapeError(f"logits has shape {list(logits.shape)}; expected [B, {spec.output_dim}] "
+                         f"(output_dim of task {spec.name!r})")
+    if not logits.is_floating_point():
+        raise checks.InputTypeError(f"logits must be floating point; got dtype {logits.dtype}")
+    return int(logits.shape[0])
+
+
 def activation(spec: TaskSpec, logits: torch.Tensor) -> torch.Tensor:
     """The tower's activation for reporting and for sequential / inverse transfer: sigmoid
-    (binary), softmax (multiclass), identity otherwise."""
+    (binary), softmax (multiclass), identity otherwise. logits: [B, output_dim]."""
+    _check_logits(spec, logits)
     if spec.task_type == "binary":
         return torch.sigmoid(logits)
     if spec.task_type == "multiclass":
@@ -335,8 +378,25 @@ def logit_loss(spec: TaskSpec, logits: torch.Tensor, target: torch.Tensor,
     focal: -[y a (1-p)^g log p + (1-y)(1-a) p^g log(1-p)] with log p = logsigmoid(z), no clamp
     (PLE-5's eq-focal-logit); nll: cross-entropy of the logits (the NLL of their softmax);
     mse / huber: mean over output columns; infonce: cross-entropy of cosine similarities to
-    `keys` [C, D] over tau. Computed in float32 or wider; no host sync.
+    `keys` [C, D] over tau. Computed in float32 or wider. Shapes are checked on the host; the
+    values (finite logits, labels in range) only while validation is on: no host sync in the step.
     """
+    B = _check_logits(spec, logits)
+    checks.check_finite(logits, "logits")
+    if not isinstance(target, torch.Tensor):
+        raise checks.InputTypeError(f"target must be a torch.Tensor; got {type(target).__name__}")
+    per_row = spec.output_dim if spec.loss in ("mse", "huber") else 1
+    if target.dim() == 0 or target.shape[0] != B or target.numel() != B * per_row:
+        want = f"[{B}]" if per_row == 1 else f"[{B}, {per_row}]"
+        raise ShapeError(f"target has shape {list(target.shape)}; expected {want} (task {spec.name!r}, batch of logits)")
+    if spec.loss == "focal":
+        checks.check_range(target, "target", 0.0, 1.0, what="binary labels")
+    elif spec.loss in ("nll", "infonce"):
+        n_classes = spec.output_dim if spec.loss == "nll" else (None if keys is None else keys.shape[0])
+        if n_classes is not None:
+            checks.check_range(target, "target", 0, n_classes - 1, what=f"class indices of {n_classes} classes")
+    else:
+        checks.check_finite(target, "target")
     z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
     B = z.shape[0]
     if spec.loss == "focal":
@@ -380,7 +440,36 @@ class _LogitTasks(nn.Module):
     def _as_inputs(self, inputs: tuple) -> SystemInputs:
         if len(inputs) == 1 and isinstance(inputs[0], SystemInputs):
             return inputs[0]
+        if len(inputs) != len(INPUT_FIELDS):
+            got = ", ".join(type(x).__name__ for x in inputs)
+            raise checks.InputTypeError(f"inputs must be one SystemInputs or the {len(INPUT_FIELDS)} tensors of "
+                                        f"SystemInputs.as_tuple() (INPUT_FIELDS); got {len(inputs)} argument(s): {got}")
         return SystemInputs.from_tuple(inputs)
+
+    def check_inputs(self, inputs: SystemInputs) -> None:
+        """Every present input against the config: shapes and dtypes (host only, always), and while
+        validation is on NaN / inf and cluster_probs being probability vectors; errors name the field."""
+        cfg = self.config
+        if not isinstance(inputs, SystemInputs):
+            raise checks.InputTypeError(f"inputs must be a SystemInputs; got {type(inputs).__name__}")
+        B = inputs.batch_size
+        want = {
+            "features": [B, cfg.feature_dim], "collaborative": [B, cfg.collaborative_dim],
+            "hierarchy": [B, cfg.hierarchy_dim], "hierarchy_neighbors": [B, "K", cfg.hierarchy_dim],
+            "hierarchy_mask": [B, "K"], "txn_seq": [B, "T", cfg.txn_dim],
+            "session_seq": [B, "T", cfg.session_dim], "diagrams": [B, "P", 3], "diagram_mask": [B, "P"],
+            **{f"hmm_{m}": [B, HMM_FEATURE_DIM] for m in HMM_MODES},
+            "cluster_probs": [B, cfg.num_clusters],
+        }
+        p = next(self.towers.parameters(), None)
+        dtype = torch.float32 if p is None else p.dtype  # the towers' dtype: the system's
+        for name, x in inputs._tensors().items():
+            if x is not None:
+                checks.check_tensor(x, name, want[name], "batch first, as SystemConfig says")
+                if x.is_floating_point():
+                    checks.check_dtype(x, name, dtype)
+        if inputs.cluster_probs is not None:
+            checks.check_probabilities(inputs.cluster_probs, "cluster_probs", dim=1)
 
     def predict_proba(self, inputs: SystemInputs) -> dict[str, torch.Tensor]:
         """Reporting outputs: probabilities (binary [B], multiclass [B, C]), regression values,
@@ -507,27 +596,6 @@ class PLESystem(_LogitTasks):
         self._prob_sources = sorted({s for s, _, m in self.edges if m != "feature"})
 
     # ---------------------------------------------------------------- inputs
-    def check_inputs(self, inputs: SystemInputs) -> None:
-        """Shapes of every present input against the config; errors name the field."""
-        cfg = self.config
-        if not isinstance(inputs, SystemInputs):
-            raise checks.InputTypeError(f"inputs must be a SystemInputs; got {type(inputs).__name__}")
-        B = inputs.batch_size
-        want = {
-            "features": [B, cfg.feature_dim], "collaborative": [B, cfg.collaborative_dim],
-            "hierarchy": [B, cfg.hierarchy_dim], "hierarchy_neighbors": [B, "K", cfg.hierarchy_dim],
-            "hierarchy_mask": [B, "K"], "txn_seq": [B, "T", cfg.txn_dim],
-            "session_seq": [B, "T", cfg.session_dim], "diagrams": [B, "P", 3], "diagram_mask": [B, "P"],
-            **{f"hmm_{m}": [B, HMM_FEATURE_DIM] for m in HMM_MODES},
-            "cluster_probs": [B, cfg.num_clusters],
-        }
-        for name, x in inputs._tensors().items():
-            if x is not None:
-                checks.check_tensor(x, name, want[name], "batch first, as SystemConfig says")
-        unknown = set(inputs.hmm or {}) - set(HMM_MODES)
-        if unknown:
-            raise ShapeError(f"hmm has unknown mode(s) {sorted(unknown)}; expected {HMM_MODES}")
-
     # ---------------------------------------------------------------- pieces
     def _stage1(self, h: torch.Tensor, te: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """eq-cgc-stage1 with CGCLayer's parameters, without its input checks."""
@@ -650,8 +718,7 @@ class PLESystem(_LogitTasks):
     # ---------------------------------------------------------------- forward
     def run(self, inputs: SystemInputs) -> SystemOutput:
         """The forward pass (eq-system) with everything it computes; see `SystemOutput`."""
-        if checks.validation_enabled():
-            self.check_inputs(inputs)
+        self.check_inputs(inputs)  # shapes and dtypes always (free); values only while validating
         h = self.pool(inputs.experts).shared  # [B, D]
         B, K = h.shape[0], len(self.task_names)
         n_te, d1 = self.config.num_task_experts, self.config.task_expert_dim
@@ -743,6 +810,8 @@ class SystemLoss(nn.Module):
 
     def __init__(self, system: _LogitTasks) -> None:
         super().__init__()
+        if not isinstance(system, _LogitTasks):
+            raise checks.InputTypeError(f"system must be a PLESystem or PoolCGC; got {type(system).__name__}")
         self.weighting = system.weighting
         self.task_names = system.task_names
 
@@ -750,6 +819,10 @@ class SystemLoss(nn.Module):
         missing = [t for t in self.task_names if t not in losses]
         if missing:
             raise TaskError(f"losses lacks task(s) {missing}")
+        for t in self.task_names:
+            if not isinstance(losses[t], torch.Tensor) or losses[t].dim() != 0:
+                got = list(losses[t].shape) if isinstance(losses[t], torch.Tensor) else type(losses[t]).__name__
+                raise ShapeError(f"losses[{t!r}] has shape {got}; expected a scalar [] (the task's mean loss)")
         L = torch.stack([losses[t].float() if losses[t].dtype != torch.float64 else losses[t]
                          for t in self.task_names])
         w = self.weighting.task_weights.to(L.dtype)
@@ -810,6 +883,7 @@ class PoolCGC(_LogitTasks):
             for n, s in self.specs.items()})
 
     def run(self, inputs: SystemInputs) -> SystemOutput:
+        self.check_inputs(inputs)
         h = self.pool(inputs.experts).shared
         B, K = h.shape[0], len(self.task_names)
         n_te, d1 = self.config.num_task_experts, self.config.task_expert_dim
@@ -861,6 +935,8 @@ def synthetic_system_inputs(config: SystemConfig, batch_size: int, *, seq_len: i
     features (one all-zero journey row, the "no data" marker) and softmax cluster posteriors."""
     from ple.experts.pool import synthetic_expert_inputs
 
+    if not isinstance(config, SystemConfig):
+        raise HyperparameterError(f"config must be a SystemConfig (e.g. ple.system.preset('ci')); got {type(config).__name__}")
     B = check_int("batch_size", batch_size)
     g = torch.Generator().manual_seed(seed)
     ei = synthetic_expert_inputs(B, config.pool_config(), txn_len=seq_len, session_len=max(seq_len // 2, 1),

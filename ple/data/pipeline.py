@@ -10,7 +10,7 @@ __all__ = ['SPLITS', 'DERIVED', 'PipelineConfig', 'release_pages', 'split_indice
 import hashlib
 import json
 import mmap
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ple.checks import HyperparameterError, check_int
+from ple import checks
+from ple.checks import HyperparameterError, InputTypeError, ShapeError, check_float, check_int
 from ple.clusters import GMMClusterRouter
 from ple.experts.hgcn import customer_hierarchy_inputs, poincare_hierarchy_embedding
 from ple.experts.lightgcn import lightgcn_embeddings
@@ -71,7 +72,10 @@ class PipelineConfig:
 def release_pages(arrays) -> None:
     """Flush and unmap the pages of memmapped arrays that this process has touched
     (`madvise(MADV_DONTNEED)`): the file stays in the OS page cache, but the process's resident
-    set no longer grows with every chunk read or written, so it stays bounded by the chunk."""
+    set no longer grows with every chunk read or written, so it stays bounded by the chunk.
+    Arrays that are not memmaps are left alone."""
+    if isinstance(arrays, (str, bytes, np.ndarray)) or not isinstance(arrays, Iterable):
+        raise InputTypeError(f"arrays must be an iterable of arrays (e.g. a list); got {type(arrays).__name__}")
     for a in arrays:
         mm = getattr(a, "_mmap", None)
         if isinstance(a, np.memmap) and mm is not None:
@@ -84,7 +88,11 @@ def release_pages(arrays) -> None:
 def split_indices(n_customers: int, seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> dict[str, np.ndarray]:
     """A seeded random split of 0..n-1 into train / val / test, each sorted: {split: int64 [n_s]}."""
     n = check_int("n_customers", n_customers, 3)
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+    seed = check_int("seed", seed, 0)
+    if isinstance(fractions, (str, bytes)) or not isinstance(fractions, Iterable) or len(tuple(fractions)) != 3:
+        raise HyperparameterError(f"fractions must be three positive numbers summing to 1; got {fractions!r}")
+    fractions = tuple(check_float(f"fractions[{i}]", f, 0.0, low_open=True) for i, f in enumerate(fractions))
+    if abs(sum(fractions) - 1) > 1e-9:
         raise HyperparameterError(f"fractions must be three positive numbers summing to 1; got {fractions}")
     perm = np.random.default_rng(seed).permutation(n)
     cut = np.cumsum([int(round(f * n)) for f in fractions[:2]])
@@ -92,14 +100,35 @@ def split_indices(n_customers: int, seed: int = 0, fractions: tuple[float, float
 
 
 def fingerprint(*parts: Any) -> str:
-    """A short sha256 of the JSON of `parts` (arrays by their bytes): the cache key of a step."""
+    """A short sha256 of the JSON of `parts` (arrays and tensors by their bytes): the cache key of
+    a step. Parts are JSON values (numbers, strings, lists, dicts), arrays, tensors, NumPy scalars
+    or paths; anything else (an object whose text may change between runs) raises InputTypeError."""
     h = hashlib.sha256()
     for p in parts:
+        if isinstance(p, torch.Tensor):
+            p = p.detach().cpu().numpy()
         if isinstance(p, np.ndarray):
             h.update(np.ascontiguousarray(p).tobytes())
         else:
-            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+            h.update(json.dumps(p, sort_keys=True, default=_json_part).encode())
     return h.hexdigest()[:16]
+
+
+def _json_part(o: Any) -> Any:
+    """`fingerprint`'s JSON encoder for values JSON lacks: every one by its content, never by repr."""
+    if isinstance(o, torch.Tensor):
+        o = o.detach().cpu().numpy()
+    if isinstance(o, np.ndarray):
+        return {"dtype": str(o.dtype), "shape": list(o.shape),
+                "sha256": hashlib.sha256(np.ascontiguousarray(o).tobytes()).hexdigest()}
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (set, frozenset)):
+        return sorted(o, key=repr)
+    raise InputTypeError(f"parts holds a {type(o).__name__}, which has no stable fingerprint; "
+                         "expected numbers, strings, lists, dicts, arrays, tensors or paths")
 
 
 def _world_id(world) -> dict:
@@ -124,13 +153,16 @@ class OfflineFits:
     any customers (a chunk) to the pipeline's per-customer arrays."""
 
     def __init__(self, config: PipelineConfig) -> None:
+        if not isinstance(config, PipelineConfig):
+            raise InputTypeError(f"config must be a PipelineConfig; got {type(config).__name__}")
         self.config = config
 
     def fit(self, world, train: np.ndarray) -> OfflineFits:
         from ple.data import world as W
 
+        _check_world(world)
         cfg, rng = self.config, np.random.default_rng(self.config.seed)
-        train = np.sort(np.asarray(train, dtype=np.int64))
+        train = _check_ids(train, "train", world.n_customers)
         # LightGCN on the training customers' subgraph (a seeded subset of at most lightgcn_fit_customers)
         fit_ids = train if len(train) <= cfg.lightgcn_fit_customers else np.sort(
             rng.choice(train, cfg.lightgcn_fit_customers, replace=False))
@@ -186,6 +218,31 @@ class OfflineFits:
         return out
 
 
+def _check_world(world: object) -> None:
+    from ple.data.world import CustomerWorld
+
+    if not isinstance(world, CustomerWorld):
+        raise InputTypeError(f"world must be a CustomerWorld (ple.data.world.generate / load_world); got {type(world).__name__}")
+
+
+def _check_ids(ids: object, name: str, n: int, allow_empty: bool = False) -> np.ndarray:
+    """Customer ids as sorted int64: integers in [0, n), no duplicates, at least one unless `allow_empty`."""
+    a = checks.check_array(ids, name, 1, dtype=None)
+    if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.all(a == np.round(a))):
+        raise InputTypeError(f"{name} must hold integer customer ids; got dtype {a.dtype}")
+    a = np.sort(a.astype(np.int64))
+    if a.size == 0:
+        if allow_empty:
+            return a
+        raise ShapeError(f"{name} is empty; expected at least one customer id")
+    if a[0] < 0 or a[-1] >= n:
+        raise ValueError(f"{name} must hold customer ids in [0, {n}); got ids from {a[0]} to {a[-1]}")
+    dup = np.unique(a[1:][a[1:] == a[:-1]])
+    if dup.size:
+        raise ValueError(f"{name} has duplicate ids: {dup[:5].tolist()}")
+    return a
+
+
 def _world_arrays(world) -> list:
     return [world.features, world.txn_seq, world.session_seq, world.balance_seq, world.interactions,
             *world.labels.values()]
@@ -210,6 +267,11 @@ class PreparedWorld:
 
     def __init__(self, world, fits: OfflineFits, arrays: dict[str, np.ndarray], splits: dict[str, np.ndarray],
                  cache_dir: str | None, fingerprint: str) -> None:
+        _check_world(world)
+        if not isinstance(fits, OfflineFits):
+            raise InputTypeError(f"fits must be an OfflineFits; got {type(fits).__name__}")
+        if not isinstance(splits, Mapping) or set(splits) != set(SPLITS):
+            raise HyperparameterError(f"splits must be a dict with the keys {SPLITS}; got {splits!r}")
         self.world, self.fits, self.splits = world, fits, splits
         self.cache_dir, self.fingerprint = cache_dir, fingerprint
         self.arrays = {"features": world.features, "txn_seq": world.txn_seq, "session_seq": world.session_seq, **arrays}
@@ -267,7 +329,13 @@ class StreamingBatches:
     def __init__(self, data: PreparedWorld, ids: np.ndarray, tasks: tuple[str, ...], batch_size: int, *,
                  shuffle: bool = True, seed: int = 0, chunk_size: int = 8192, num_replicas: int = 1,
                  rank: int = 0, drop_last: bool = False) -> None:
-        self.data, self.ids, self.tasks = data, np.asarray(ids, dtype=np.int64), tasks
+        if not isinstance(data, PreparedWorld):
+            raise InputTypeError(f"data must be a PreparedWorld (prepare_world); got {type(data).__name__}")
+        if isinstance(tasks, str) or not tasks or any(t not in data.labels for t in tasks):
+            raise HyperparameterError(f"tasks must name tasks of the world's labels {sorted(data.labels)}; got {tasks!r}")
+        _check_ids(ids, "ids", data.world.n_customers)  # the split's ids, kept in their order
+        ids = np.asarray(ids, dtype=np.int64)
+        self.data, self.ids, self.tasks = data, ids, tuple(tasks)
         self.batch_size = check_int("batch_size", batch_size)
         self.chunk_size = check_int("chunk_size", chunk_size)
         self.num_replicas = check_int("num_replicas", num_replicas)
@@ -324,10 +392,19 @@ def prepare_world(world, config: PipelineConfig | None = None, *, splits: Mappin
     """
     import pickle
 
+    _check_world(world)
+    if config is not None and not isinstance(config, PipelineConfig):
+        raise InputTypeError(f"config must be a PipelineConfig; got {type(config).__name__}")
     cfg = config or PipelineConfig(seed=seed)
-    splits = {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in (splits or split_indices(world.n_customers, seed)).items()}
-    if set(splits) != set(SPLITS):
-        raise HyperparameterError(f"splits must have the keys {SPLITS}; got {sorted(splits)}")
+    if splits is not None and (not isinstance(splits, Mapping) or set(splits) != set(SPLITS)):
+        raise HyperparameterError(f"splits must be a dict with the keys {SPLITS}; got {splits!r}")
+    raw = splits or split_indices(world.n_customers, seed)
+    splits = {k: _check_ids(raw[k], f"splits[{k!r}]", world.n_customers, allow_empty=k != "train") for k in SPLITS}
+    both = np.intersect1d(splits["train"], np.concatenate([splits["val"], splits["test"]]))
+    if both.size or np.intersect1d(splits["val"], splits["test"]).size:
+        raise ValueError("splits must be disjoint (a customer in two splits leaks labels into the fit); "
+                         f"got {both.size or np.intersect1d(splits['val'], splits['test']).size} shared ids, "
+                         f"e.g. {(both if both.size else np.intersect1d(splits['val'], splits['test']))[:5].tolist()}")
     settings = {k: v for k, v in asdict(cfg).items() if k != "chunk_size"}  # chunking changes no value
     fp = fingerprint("pipeline-v1", _world_id(world), splits["train"], settings)
     if cache_dir is None and getattr(world, "out_dir", None):
