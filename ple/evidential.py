@@ -474,10 +474,9 @@ class SideOutput:
 class SideHeadSystem(nn.Module):
     """A `PLESystem` with the heads in its `side_heads` hook run beside the prediction path.
 
-    Each head is called as head(h_shared [B, D], hidden {task: h_tower [B, d]}) -> dict, after
-    the system's own forward, which is not changed: the logits are the system's, bit for bit.
-    h_shared is read from the system's expert pool by a forward hook (the system's output does
-    not carry it). A head with an `aux_loss(h_shared, out)` method adds that scalar to the
+    Each head is called as head(h_shared [B, D], hidden {task: h_tower [B, d]}) -> dict by the
+    system's own `run`, after its towers, so the logits are the system's, bit for bit; the run
+    returns h_shared and the heads' outputs (`SystemOutput.shared`, `.side`). A head with an `aux_loss(h_shared, out)` method adds that scalar to the
     regularisers (`for_fit`). `attach(system, **heads)` puts heads into the hook.
     """
 
@@ -502,17 +501,9 @@ class SideHeadSystem(nn.Module):
         return self.system.side_heads
 
     def run(self, inputs) -> SideOutput:
-        """The system's `run(inputs)` and every side head on its h_shared and tower inputs."""
-        captured: list[torch.Tensor] = []
-        hook = self.system.pool.register_forward_hook(lambda mod, args, out: captured.append(out.shared))
-        try:
-            out = self.system.run(inputs)
-        finally:
-            hook.remove()
-        h = getattr(out, "shared", None)
-        h = captured[-1] if h is None else h
-        side = getattr(out, "side", None) or {name: head(h, out.hidden) for name, head in self.heads.items()}
-        return SideOutput(out, h, side)
+        """The system's `run(inputs)`, which runs every side head on its h_shared and tower inputs."""
+        out = self.system.run(inputs)
+        return SideOutput(out, out.shared, out.side)
 
     def aux_losses(self, res: SideOutput) -> dict[str, torch.Tensor]:
         """{head name: aux_loss} of the heads that define one (taken from the system's aux when its

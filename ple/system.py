@@ -8,7 +8,7 @@ from __future__ import annotations
 __all__ = ['LOSS_WEIGHTINGS', 'HMM_INPUT_FIELDS', 'EXPERT_INPUT_FIELDS', 'INPUT_FIELDS', 'SystemConfig', 'PRESETS', 'preset', 'SystemInputs', 'SystemOutput', 'dependency_waves', 'activation', 'logit_loss', 'PLESystem', 'SystemLoss', 'POSTS_BUDGET', 'BUDGET_NOTES', 'PoolCGC', 'synthetic_system_inputs']
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -313,13 +313,16 @@ class SystemOutput:
     """What `PLESystem.run` returns. logits: {task: [B, output_dim]} (the towers' raw outputs);
     gates1 [B, K, num_task_experts + E] (Stage 1), gates2 [B, K, E] (Stage 2, None when off);
     aux: {"entropy", "causal"} regularisers (scalars; only those that are on); hidden:
-    {task: h_tower [B, tower_input_dim]}."""
+    {task: h_tower [B, tower_input_dim]}; shared: h_shared [B, D], the experts' concat;
+    side: {head name: its outputs} of the heads in `PLESystem.side_heads` ({} when there are none)."""
 
     logits: dict[str, torch.Tensor]
     gates1: torch.Tensor
     gates2: torch.Tensor | None
     aux: dict[str, torch.Tensor]
     hidden: dict[str, torch.Tensor]
+    shared: torch.Tensor | None = None
+    side: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def aux_loss(self) -> torch.Tensor | None:
@@ -535,6 +538,8 @@ class PLESystem(_LogitTasks):
     The forward is batched: Stage-2 scaling folded into the group encoders' first Linear
     (no [B, K, 512] copy), the three HMM projectors in one einsum, the towers in dependency
     waves with stacked weights, no host sync; `reference_forward` is the clear composition.
+    The heads in `side_heads` (next chapter: SAE, evidential) run after the towers on
+    (h_shared, hidden); `run` returns h_shared and their outputs (`SystemOutput.shared`, `.side`).
     """
 
     def __init__(self, config: SystemConfig | None = None) -> None:
@@ -577,7 +582,7 @@ class PLESystem(_LogitTasks):
         self.towers = nn.ModuleDict({
             n: TaskTower.from_spec(s, in_dim=self.tower_input_dim, hidden_dims=cfg.tower_hidden_dims,
                                    dropout=cfg.tower_dropout) for n, s in self.specs.items()})
-        self.side_heads = nn.ModuleDict()  # hooks: SAE / evidential heads (the next chapter)
+        self.side_heads = nn.ModuleDict()  # heads beside the prediction path, run on (h_shared, hidden): the next chapter
         # index tensors of the batched paths (buffers: they follow .to(device))
         self.waves = dependency_waves(self.task_names, self.edges)
         pos = {t: k for k, t in enumerate(self.task_names)}
@@ -740,7 +745,8 @@ class PLESystem(_LogitTasks):
             aux["entropy"] = on * entropy_regularizer(g2, self.stage2.entropy_lambda)
         if self.config.causal_regularizer and "causal" in self.pool.experts:
             aux["causal"] = self.pool.regularizer()
-        return SystemOutput(logits, g1, g2, aux, hidden)
+        side = {name: head(h, hidden) for name, head in self.side_heads.items()}  # after the logits: they stay as they are
+        return SystemOutput(logits, g1, g2, aux, hidden, h, side)
 
     def forward(self, *inputs) -> dict[str, torch.Tensor]:
         """inputs: the tensors of `SystemInputs.as_tuple()` (or one SystemInputs) -> {task: logits}."""
@@ -893,7 +899,7 @@ class PoolCGC(_LogitTasks):
         aux = {}
         if self.config.causal_regularizer and "causal" in self.pool.experts:
             aux["causal"] = self.pool.regularizer()
-        return SystemOutput(logits, g1, None, aux, {})
+        return SystemOutput(logits, g1, None, aux, {}, h)
 
     def forward(self, *inputs) -> dict[str, torch.Tensor]:
         """inputs: the tensors of `SystemInputs.as_tuple()` (or one SystemInputs) -> {task: logits}."""

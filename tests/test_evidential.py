@@ -210,6 +210,12 @@ def test_system_with_heads_predicts_bit_identically_and_returns_them():
     assert res.sae_latent.shape == (6, 4 * system.pool.output_dim)
     assert set(res.uncertainty) == {t for t, s in system.specs.items() if s.task_type != "contrastive"}
     assert res.shared.shape == (6, system.pool.output_dim)
+    # the system's own run computes the heads and returns h_shared: no hook on the pool
+    with torch.no_grad():
+        own = system.run(x)
+    assert not system.pool._forward_hooks
+    assert torch.equal(own.shared, res.shared) and set(own.side) == {"sae", "evidential"}
+    assert torch.equal(own.side["sae"]["sae_latent"], res.sae_latent)
 
 
 def test_sae_loss_leaves_expert_gradients_bit_identical():
