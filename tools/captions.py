@@ -296,6 +296,21 @@ def book_targets(paths: list[Path]) -> dict[str, list[str]]:
     return where
 
 
+def _metadata_problems(head: str, fig: dict, targets: dict[str, list[str]], here: str) -> list[str]:
+    """What is wrong with one cell's mystnb.figure: caption, name, and the name's uniqueness."""
+    out = []
+    cap, name = fig.get("caption"), fig.get("name")
+    if not isinstance(cap, str) or not cap.strip():
+        out.append(f"{head}: mystnb.figure.caption is {cap!r}; expected a non-empty string")
+    if not isinstance(name, str) or not NAME.match(name):
+        out.append(f"{head}: mystnb.figure.name is {name!r}; expected 'fig-<chapter>-<slug>'")
+    if isinstance(name, str) and name:
+        others = [w for w in targets.get(name.lower(), []) if w != here]
+        if others:
+            out.append(f"{head}: figure name {name!r} is also defined at {', '.join(others)}")
+    return out
+
+
 def problems(path: Path, nb: dict, targets: dict[str, list[str]]) -> list[str]:
     """One line per broken rule in one notebook (empty when its figures are all in order)."""
     out = []
@@ -316,26 +331,10 @@ def problems(path: Path, nb: dict, targets: dict[str, list[str]]) -> list[str]:
         if not rec["draws"]:
             out.append(f"{head} carries mystnb.figure but draws no figure (remove the metadata)")
             continue
-        if not isinstance(fig, dict):
-            out.append(f"{head} draws a figure ({rec['draws'][0]}) without mystnb.figure metadata")
-            fig = {"caption": "-", "name": None}
-        cap, name = fig.get("caption"), fig.get("name")
-        if not isinstance(cap, str) or not cap.strip():
-            out.append(f"{head}: mystnb.figure.caption is {cap!r}; expected a non-empty string")
-        if name is None and cap == "-":
-            pass
-        elif not isinstance(name, str) or not name:
-            out.append(f"{head}: mystnb.figure.name is {name!r}; expected 'fig-<chapter>-<slug>'")
+        if isinstance(fig, dict):
+            out += _metadata_problems(head, fig, targets, f"{path.name} cell {rec['cell']}")
         else:
-            if not NAME.match(name):
-                out.append(
-                    f"{head}: mystnb.figure.name is {name!r}; expected 'fig-<chapter>-<slug>'"
-                )
-            others = [
-                w for w in targets.get(name.lower(), []) if w != f"{path.name} cell {rec['cell']}"
-            ]
-            if others:
-                out.append(f"{head}: figure name {name!r} is also defined at {', '.join(others)}")
+            out.append(f"{head} draws a figure ({rec['draws'][0]}) without mystnb.figure metadata")
         for why in rec["extra"]:
             out.append(f"{head} {why}")
     return out
