@@ -807,8 +807,10 @@ class _FitView(nn.Module):
 class SystemLoss(nn.Module):
     """L = sum_k [task k labelled in the batch] * term_k  (eq-system-loss), no host sync.
 
-    term_k = w_k (exp(-s_k) L_k + s_k) under uncertainty weighting (PLE-5's eq-uncertainty, the
-    parameters of the system's `UncertaintyWeighting`), w_k L_k under fixed / equal weighting.
+    term_k = w_k (exp(-s_k) L_k + s_k) under uncertainty weighting: PLE-5's eq-uncertainty, computed
+    by the system's `ple.losses.UncertaintyWeighting` itself (its masks are this rule; its value
+    checks run only while validating); w_k L_k under fixed / equal weighting, summed as one
+    stacked reduction (`FixedWeighting` adds term by term and knows no masks).
     A task with no labelled sample in the batch contributes exactly 0 (also through s_k, whose
     +s_k term would otherwise pull its log-variance down on every unlabelled batch).
     losses: {task: scalar}; state: `ple.fit.FitState` (its batch's masks) or None.
@@ -829,14 +831,11 @@ class SystemLoss(nn.Module):
             if not isinstance(losses[t], torch.Tensor) or losses[t].dim() != 0:
                 got = list(losses[t].shape) if isinstance(losses[t], torch.Tensor) else type(losses[t]).__name__
                 raise ShapeError(f"losses[{t!r}] has shape {got}; expected a scalar [] (the task's mean loss)")
+        if isinstance(self.weighting, UncertaintyWeighting):  # eq-uncertainty, PLE-5's one implementation
+            return self.weighting({t: losses[t] for t in self.task_names}, state)
         L = torch.stack([losses[t].float() if losses[t].dtype != torch.float64 else losses[t]
                          for t in self.task_names])
-        w = self.weighting.task_weights.to(L.dtype)
-        if isinstance(self.weighting, UncertaintyWeighting):
-            s = self.weighting.log_vars().to(L.dtype)
-            terms = w * (torch.exp(-s) * L + s)
-        else:
-            terms = w * L
+        terms = self.weighting.task_weights.to(L.dtype) * L
         masks = {} if state is None or state.batch is None else (state.batch.masks or {})
         if masks:
             present = torch.stack([(masks[t] > 0).any() if t in masks else torch.ones((), dtype=torch.bool, device=L.device)
