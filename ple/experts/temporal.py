@@ -298,6 +298,23 @@ class SelectiveSSM(nn.Module):
         return self.out_proj((y * F.silu(p["z"])).flatten(2))
 
 
+def _recur(at: torch.Tensor, xs: torch.Tensor) -> None:
+    # x_t = a_t x_{t-1} + b_t in place, time-major: xs holds b [T, B, H] on entry, x on return
+    for t in range(1, xs.shape[0]):
+        xs[t].addcmul_(at[t], xs[t - 1])
+
+
+def _recur_backward(at: torch.Tensor, xs: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # the reverse recurrence g_t = x'_t + a_{t+1} g_{t+1}; returns dL/db = g and dL/da_t = g_t x_{t-1},
+    # both time-major (grad [B, T, H] batch-major)
+    g = grad.transpose(0, 1).clone(memory_format=torch.contiguous_format)
+    for t in range(g.shape[0] - 2, -1, -1):
+        g[t].addcmul_(at[t + 1], g[t + 1])
+    ga = torch.zeros_like(g)
+    ga[1:] = g[1:] * xs[:-1]
+    return g, ga
+
+
 class _LinearRecurrence(torch.autograd.Function):
     """``x_t = a_t x_{t-1} + b_t`` (x_0 = b_0) with the reverse recurrence as its backward:
     ``g_t = x'_t + a_{t+1} g_{t+1}``, ``db_t = g_t``, ``da_t = g_t x_{t-1}``. a, b `[B, T, H]` -> `[B, T, H]`.
@@ -309,8 +326,7 @@ class _LinearRecurrence(torch.autograd.Function):
     def forward(ctx, a, b):  # type: ignore[override]
         at = a.transpose(0, 1).contiguous()
         xs = b.transpose(0, 1).clone(memory_format=torch.contiguous_format)  # [T, B, H], filled in place
-        for t in range(1, xs.shape[0]):
-            xs[t].addcmul_(at[t], xs[t - 1])
+        _recur(at, xs)
         ctx.save_for_backward(at, xs)
         return xs.transpose(0, 1)
 
@@ -318,12 +334,44 @@ class _LinearRecurrence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         at, xs = ctx.saved_tensors
-        g = grad.transpose(0, 1).clone(memory_format=torch.contiguous_format)
-        for t in range(g.shape[0] - 2, -1, -1):
-            g[t].addcmul_(at[t + 1], g[t + 1])
-        ga = torch.zeros_like(g)
-        ga[1:] = g[1:] * xs[:-1]
+        g, ga = _recur_backward(at, xs, grad)
         return ga.transpose(0, 1), g.transpose(0, 1)
+
+
+class _LiquidSteps(torch.autograd.Function):
+    """eq-cfc for every step at once: ``f = sigmoid(pre)``, ``k = inv_tau + f``, ``a = exp(-k dt)``,
+    ``x_t = a_t x_{t-1} + (1 - a_t) f_t A / k_t`` from x_0 = 0, with its derivatives written out (one
+    autograd node, not one per gate, decay and drive). pre `[B, T, H]`, inv_tau, A `[H]`, dt `[B, T]`
+    or None (unit steps) -> `[B, T, H]`."""
+
+    @staticmethod
+    def forward(ctx, pre, inv_tau, A, dt):  # type: ignore[override]
+        f = torch.sigmoid(pre)
+        k = f + inv_tau
+        la = -k if dt is None else k * (-dt).unsqueeze(-1)  # log a_t
+        at = torch.empty_like(la.transpose(0, 1), memory_format=torch.contiguous_format)  # [T, B, H]
+        torch.exp(la.transpose(0, 1), out=at)
+        em = torch.expm1(la)  # a - 1 without cancellation
+        nq = (f * A).div_(k).neg_()  # -x_eq
+        xs = torch.empty_like(at)
+        torch.mul(em.transpose(0, 1), nq.transpose(0, 1), out=xs)  # the drive (1 - a) x_eq
+        _recur(at, xs)
+        ctx.save_for_backward(f, k, em, nq, A, dt, at, xs)
+        return xs.transpose(0, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        f, k, em, nq, A, dt, at, xs = ctx.saved_tensors
+        g, ga = _recur_backward(at, xs, grad)
+        g, ga, a = g.transpose(0, 1), ga.transpose(0, 1), at.transpose(0, 1)  # back to [B, T, H]
+        g_la = torch.addcmul(ga, g, nq).mul_(a)  # a and em = a - 1 both have derivative a in log a
+        r = (g * em).div_(k)  # dL/d(-x_eq) / k
+        g_k = (r * nq).neg_()  # through -x_eq = -f A / k
+        g_k = g_k.sub_(g_la) if dt is None else g_k.addcmul_(g_la, dt.unsqueeze(-1), value=-1)  # log a = -k dt
+        g_f = torch.addcmul(g_k, r, A, value=-1)  # k = inv_tau + f, and -x_eq's own f
+        g_dt = None if dt is None else -(g_la * k).sum(-1)
+        return (torch.ops.aten.sigmoid_backward(g_f, f), g_k.sum((0, 1)), -(r * f).sum((0, 1)), g_dt)
 
 
 class LiquidCell(nn.Module):
@@ -365,9 +413,10 @@ class LiquidCell(nn.Module):
         return self.recur(inputs, dt)
 
     def recur(self, inputs: torch.Tensor, dt: torch.Tensor | None = None) -> torch.Tensor:
-        """`forward` without the input checks (for callers that validated the inputs)."""
-        decay, drive = self.step_terms(inputs, dt)
-        return _LinearRecurrence.apply(decay, drive)  # x_t = a_t x_{t-1} + b_t from x_0 = 0
+        """`forward` without the input checks (for callers that validated the inputs): `step_terms`
+        and the recurrence x_t = a_t x_{t-1} + b_t from x_0 = 0 in one function (`_LiquidSteps`)."""
+        inv_tau = 1 / (F.softplus(self.tau_raw) + 1e-3)
+        return _LiquidSteps.apply(self.w_in(inputs), inv_tau, self.A, dt)
 
 
 class PatchCausalTransformer(nn.Module):
