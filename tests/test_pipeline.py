@@ -125,3 +125,24 @@ def test_streaming_memory_is_bounded_by_the_chunk(tmp_path):
     assert n == len(data.splits["train"]) and w.n_customers == 6000
     # a few copies of one chunk (the memmap read, the reorder), never the split
     assert peak < 4 * 250 * row_bytes < split_bytes / 3, (peak, row_bytes, split_bytes)
+
+
+def test_splits_that_overlap_or_leave_the_world_are_rejected(world):
+    n = world.n_customers
+    with pytest.raises(ValueError, match="splits must be disjoint"):
+        P.prepare_world(world, QUICK, splits={"train": np.arange(n // 2), "val": np.arange(n // 2 - 1, n - 5),
+                                              "test": np.arange(n - 5, n)})
+    with pytest.raises(ValueError, match=r"splits\['test'\] must hold customer ids in \[0, "):
+        P.prepare_world(world, QUICK, splits={"train": np.arange(n // 2), "val": np.arange(n // 2, n - 5),
+                                              "test": np.arange(n - 5, n + 1)})
+
+
+def test_fingerprint_keys_tensors_and_nested_arrays_by_content():
+    a = torch.arange(5000)
+    b = a.clone()
+    b[2500] = -1  # the middle of a tensor's printed form is elided: str() would key a and b alike
+    assert P.fingerprint(a) != P.fingerprint(b)
+    assert P.fingerprint({"x": a.numpy()}) != P.fingerprint({"x": b.numpy()})
+    assert P.fingerprint(a) == P.fingerprint(a.numpy())
+    with pytest.raises(TypeError, match="parts holds a object"):
+        P.fingerprint(object())

@@ -232,3 +232,27 @@ def test_parameter_table_adds_up_and_names_blocks():
     total = [r for r in rows if r["block"] == "total"][0]["parameters"]
     assert sum(r["parameters"] for r in rows if r["block"] != "total") == total
     assert "Stage-2 gate (CGCAttention)" in model.summary()
+
+
+def test_shapes_and_dtypes_are_checked_in_the_training_step_values_only_while_validating():
+    from ple.checks import InputTypeError, validation
+
+    model = PLESystem(CI).eval()
+    x = inputs(4)
+    with validation(False):  # what ple.fit's training step runs under
+        with pytest.raises(ShapeError, match=r"features has shape \[4, 600\]"):
+            model(SystemInputs(dataclasses.replace(x.experts, features=torch.rand(4, 600)), x.hmm, x.cluster_probs))
+        with pytest.raises(InputTypeError, match="features has dtype torch.float64"):
+            model(inputs(4, dtype=torch.float64))
+        x_bad = inputs(4)
+        x_bad.cluster_probs = x_bad.cluster_probs + 1.0  # not posteriors: only a value check sees it
+        with torch.no_grad():
+            model(x_bad)  # no device read while validation is off
+    with pytest.raises(ValueError, match="cluster_probs must hold probability vectors"):
+        model(x_bad)
+
+
+def test_system_inputs_agree_on_the_batch_size():
+    x = inputs(4)
+    with pytest.raises(ShapeError, match=r"cluster_probs has 3 rows; expected 4"):
+        SystemInputs(x.experts, x.hmm, x.cluster_probs[:3])
