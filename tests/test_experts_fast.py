@@ -37,6 +37,7 @@ from ple.experts.temporal import (
     TemporalExpert,
     _CausalConvSiLU,
     _LinearRecurrence,
+    _LiquidSteps,
     selective_scan,
     ssd_scan,
 )
@@ -227,6 +228,27 @@ def test_linear_recurrence_matches_a_loop_and_gradcheck(gen):
 
 
 # ---------------------------------------------------------------- the liquid cell (eq-cfc)
+
+
+@pytest.mark.parametrize("with_dt", [False, True])
+def test_liquid_steps_equal_autograd_through_the_step_terms(gen, with_dt):
+    # the hand-written derivatives of _LiquidSteps against autograd through step_terms and the recurrence
+    cell = LiquidCell(3, 4).double()
+    inputs = torch.randn(2, 7, 3, generator=gen, dtype=f64)
+    dt = (0.2 + torch.rand(2, 7, generator=gen, dtype=f64)).requires_grad_(True) if with_dt else None
+    weight = torch.randn(2, 7, 4, generator=gen, dtype=f64)
+    params = list(cell.parameters()) + ([dt] if with_dt else [])
+    fast = cell.recur(inputs, dt)
+    slow = _LinearRecurrence.apply(*cell.step_terms(inputs, dt))
+    assert torch.allclose(fast, slow, atol=1e-14)
+    for g_f, g_s in zip(torch.autograd.grad((fast * weight).sum(), params),
+                        torch.autograd.grad((slow * weight).sum(), params)):
+        assert torch.allclose(g_f, g_s, atol=1e-12)
+    pre = cell.w_in(inputs).detach().requires_grad_(True)
+    inv_tau = torch.rand(4, generator=gen, dtype=f64).add(0.5).requires_grad_(True)
+    A = torch.randn(4, generator=gen, dtype=f64, requires_grad=True)
+    assert torch.autograd.gradcheck(_LiquidSteps.apply, (pre, inv_tau, A, dt))
+
 
 
 def test_liquid_cell_is_the_exact_solution_of_the_ltc_ode(gen):
