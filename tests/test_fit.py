@@ -576,3 +576,36 @@ def test_fit_steps_through_a_grad_scaler():
     assert cb.scale == 2.0 ** 4  # finite gradients: the scale was kept
     for a, b in zip(plain.parameters(), scaled.parameters()):  # scaled by a power of 2, unscaled exactly
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_an_aggregator_can_take_the_backward_itself():
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = make_model()
+
+        def forward(self, x):
+            return self.body(x), 10.0 * sum(p.square().sum() for p in self.body.gates.parameters())
+
+    class OwnBackward(nn.Module):
+        performs_backward = True
+
+        def forward(self, losses, state):
+            total = sum(losses.values()) + state.aux_loss
+            total.backward()
+            return total.detach()
+
+    def run(aggregate):
+        torch.manual_seed(0)
+        model = WithAux()
+        for p in model.parameters():  # stale gradients: the engine must clear them before the hook's backward
+            p.grad = torch.full_like(p, 1e3)
+        hist = fit(model, make_data(), tasks=TASKS, epochs=2, batch_size=64, returns_aux=True, aggregate=aggregate)
+        return model, hist
+
+    plain, h_plain = run(None)
+    own, h_own = run(OwnBackward())
+    # the same step as the engine's own backward of sum_k L_k + aux, bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), own.state_dict().values()))
+    assert h_plain.train_loss().tolist() == h_own.train_loss().tolist()
+    assert [r["train_total"] for r in h_plain.records] == [r["train_total"] for r in h_own.records]
