@@ -5,7 +5,7 @@ Do not edit: change the chapter and run `make export`.
 
 from __future__ import annotations
 
-__all__ = ['GRADNORM_ALPHA', 'DWA_TEMPERATURE', 'GradNorm', 'dwa_weights', 'DWA']
+__all__ = ['GRADNORM_ALPHA', 'DWA_TEMPERATURE', 'GradNorm', 'dwa_weights', 'DWA', 'JD_AGGREGATORS', 'JacobianDescent']
 
 from collections.abc import Mapping, Sequence
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ple.adatt import TaskAffinityComputer
-from ple.checks import ShapeError, TaskError, check_float
+from ple.checks import InputTypeError, ShapeError, TaskError, check_choice, check_finite, check_float, check_unique
 from ple.fit import Callback
 
 
@@ -99,9 +99,13 @@ def dwa_weights(history: torch.Tensor, temperature: float = DWA_TEMPERATURE) -> 
         r_k = Lbar_k(t-1) / Lbar_k(t-2),  w_k = K exp(r_k / T) / sum_j exp(r_j / T)   (eq-dwa)
 
     and w = 1 while fewer than two epochs are recorded. Returns [K] in history's dtype."""
+    if not isinstance(history, torch.Tensor):
+        raise InputTypeError(f"history must be a torch.Tensor [E, K]; got {type(history).__name__}")
+    temperature = check_float("temperature", temperature, 0.0, low_open=True)
     if history.dim() != 2:
         raise ShapeError(f"history has shape {list(history.shape)}; expected [E, K] (epochs, tasks)")
     K = history.shape[1]
+    check_finite(history, "history")  # once per epoch, not in the step
     if history.shape[0] < 2:
         return torch.ones(K, dtype=history.dtype, device=history.device)
     r = history[-1] / history[-2]
@@ -122,7 +126,7 @@ class DWA(nn.Module, Callback):
         super().__init__()
         if isinstance(task_names, str) or not task_names:
             raise TaskError(f"task_names must be a non-empty sequence of task names; got {task_names!r}")
-        self.task_names = tuple(task_names)
+        self.task_names = check_unique("task_names", task_names)
         n = len(self.task_names)
         self.temperature = check_float("temperature", temperature, 0.0, low_open=True)
         self.register_buffer("history", torch.ones(2, n, dtype=torch.float64))
@@ -153,3 +157,108 @@ class DWA(nn.Module, Callback):
     def task_weights(self) -> dict[str, float]:
         """{task: w_k} (a host copy, for records)."""
         return dict(zip(self.task_names, self.task_weights_.cpu().tolist()))
+
+
+JD_AGGREGATORS = ("upgrad", "pcgrad")  # torchjd's aggregators offered by name
+
+
+def _torchjd():
+    try:
+        from torchjd import aggregation, autojac
+    except ImportError as err:  # torchjd is in the test extra, not a core dependency
+        raise ImportError("JacobianDescent needs torchjd (pip install 'torchjd>=0.18,<0.19'; it is in "
+                          "ple's [test] extra)") from err
+    return aggregation, autojac
+
+
+class JacobianDescent(nn.Module):
+    """Jacobian descent on the shared experts through torchjd's `mtl_backward` {cite}`quinton2024jacobian`,
+    as a `ple.fit` aggregator that takes the backward itself (`performs_backward = True`).
+
+        J = [dL_1/dW; ...; dL_K/dW]  (K x |W|, W = the shared parameters)         (eq-jd-jacobian)
+        dW = A(J) = J^T a(J J^T)     (UPGrad / PCGrad: weights from the Gramian)   (eq-jd-aggregate)
+
+    The task-specific parameters (everything after the shared representation) get the plain sum of
+    their task gradients; the shared ones get the aggregator's combination of the rows of J instead
+    of their sum: UPGrad {cite}`quinton2024jacobian` projects each row onto the dual cone of the
+    rows, PCGrad {cite}`yu2020pcgrad` removes, row by row in a random order, the component along
+    any conflicting row. task_names: the K tasks; shared: the module whose output is the shared
+    representation (e.g. `system.pool`, whose output's `.shared` [B, D] is taken through a forward
+    hook; a module returning a tensor works too); aggregator: "upgrad", "pcgrad" or a torchjd
+    `Aggregator`. The model's regulariser (`state.aux_loss`) is back-propagated as a plain
+    gradient. With the shared parameters frozen (phase 2) the step is an ordinary summed
+    backward. `last_weights` [K]: the Gramian weights of the latest step (`task_weights()`).
+    """
+
+    performs_backward = True
+
+    def __init__(self, task_names: Sequence[str], shared: nn.Module, aggregator="upgrad") -> None:
+        super().__init__()
+        if isinstance(task_names, str) or not task_names:
+            raise TaskError(f"task_names must be a non-empty sequence of task names; got {task_names!r}")
+        self.task_names = tuple(task_names)
+        if len(set(self.task_names)) != len(self.task_names):
+            raise TaskError(f"task_names must be unique; got {list(self.task_names)}")
+        if not isinstance(shared, nn.Module):
+            raise InputTypeError(f"shared must be an nn.Module (the shared representation's module); "
+                                 f"got {type(shared).__name__}")
+        aggregation, _ = _torchjd()
+        if isinstance(aggregator, str):
+            check_choice("aggregator", aggregator, JD_AGGREGATORS)
+            self.aggregator_name = aggregator
+            aggregator = {"upgrad": aggregation.UPGrad, "pcgrad": aggregation.PCGrad}[aggregator]()
+        elif isinstance(aggregator, aggregation.Aggregator):
+            self.aggregator_name = type(aggregator).__name__
+        else:
+            raise InputTypeError(f"aggregator must be one of {JD_AGGREGATORS} or a torchjd Aggregator; "
+                                 f"got {aggregator!r}")
+        self.aggregator = aggregator
+        self._shared = [shared]  # a plain list: not a submodule, its parameters stay the model's
+        self._features: torch.Tensor | None = None
+        self._hook = shared.register_forward_hook(self._capture)
+        self.last_weights: torch.Tensor | None = None
+
+    def _capture(self, module, inputs, output) -> None:
+        self._features = output if isinstance(output, torch.Tensor) else getattr(output, "shared", None)
+
+    def remove(self) -> None:
+        """Detach the forward hook from the shared module (the aggregator is then unusable)."""
+        self._hook.remove()
+
+    def forward(self, losses: Mapping[str, torch.Tensor], state=None) -> torch.Tensor:
+        """losses: {task: scalar}; back-propagates them (eq-jd-aggregate) and returns the detached
+        step loss sum_k L_k (+ the regulariser) for the records."""
+        _, autojac = _torchjd()
+        missing = [t for t in self.task_names if t not in losses]
+        if missing:
+            raise TaskError(f"losses lacks task(s) {missing}; JacobianDescent combines {list(self.task_names)}")
+        L = [losses[t] for t in self.task_names]
+        aux = getattr(state, "aux_loss", None)
+        scaler = getattr(state, "scaler", None)
+
+        def scaled(x):
+            return scaler.scale(x) if scaler is not None else x
+        features, self._features = self._features, None
+        total = torch.stack([x.detach().float() for x in L]).sum()
+        if aux is not None:
+            total = total + aux.detach().float()
+        if features is None or not features.requires_grad:  # shared part frozen: a plain step
+            plain = sum(L) + (aux if aux is not None else 0.0)
+            if plain.requires_grad:
+                scaled(plain).backward()
+            return total
+        if aux is not None and aux.requires_grad:  # the regulariser: a plain gradient, graph kept for J
+            scaled(aux).backward(retain_graph=True)
+        shared = [p for p in self._shared[0].parameters() if p.requires_grad]
+        # the task heads share stacked parts of the graph (gates, tower waves): keep it for each row
+        autojac.mtl_backward([scaled(x) for x in L], features=features, retain_graph=True)
+        with_jac = [p for p in shared if getattr(p, "jac", None) is not None]
+        weights = autojac.jac_to_grad(with_jac, self.aggregator)
+        self.last_weights = None if weights is None else weights.detach()
+        return total
+
+    def task_weights(self) -> dict[str, float]:
+        """{task: weight of its Jacobian row in the latest step} (a host copy; {} before the first)."""
+        if self.last_weights is None:
+            return {}
+        return dict(zip(self.task_names, self.last_weights.float().cpu().tolist()))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ple.train as ple_train
 from ple.checks import HyperparameterError
 from ple.fit import TensorData
 from ple.system import PLESystem, preset, synthetic_system_inputs
@@ -273,3 +274,34 @@ def test_command_line_run(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ple.train", "--config", str(bad)], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode != 0 and "unknown section(s) ['trian']" in out.stderr
+
+
+def test_epoch_lines_carry_oracle_gaps_and_gate_entropy(tmp_path):
+    oracle = {"ctr": (0.8, 0.5), "ltv": (0.5, 1.5)}  # (oracle, chance): AUC up, RMSE down
+    tr, system = make_trainer(tmp_path, phase1_epochs=1, phase2_epochs=0)
+    tr.oracle = ple_train._check_oracle(oracle, tr.tasks)
+    records = tr.run()
+    line = records[-1]
+    for t, (o, c) in oracle.items():
+        assert line["oracle_gap"][t] == pytest.approx((o - line["val_metric"][t]) / (o - c), abs=1e-12)
+    assert line["mean_oracle_gap"] == pytest.approx(sum(line["oracle_gap"].values()) / 2, abs=1e-12)
+    assert set(line["gate_entropy"]) == set(TASKS) and all(0.0 <= h <= 1.0 for h in line["gate_entropy"].values())
+    with pytest.raises(ValueError, match="oracle"):
+        make_trainer(None)[0].__class__(system.for_fit(), system.fit_tasks(), tr.train_data, oracle={"ctr": (0.5, 0.8)})
+
+
+def test_adatt_defaults_fit_inside_phase_one():
+    c = TrainConfig()
+    assert c.adatt_warmup_epochs < c.adatt_freeze_epoch < c.phase1_epochs
+    with pytest.raises(HyperparameterError, match="adatt_freeze_epoch"):
+        TrainConfig(adatt_warmup_epochs=6, adatt_freeze_epoch=6)
+
+
+def test_jacobian_descent_weighting_trains_the_system():
+    pytest.importorskip("torchjd")
+    with pytest.raises(HyperparameterError, match="adatt=False"):
+        TrainConfig(weighting="upgrad")
+    tr, system = make_trainer(None, weighting="pcgrad", adatt=False)
+    records = tr.run()
+    assert [r["phase"] for r in records] == [1, 1, 2] and all(math.isfinite(r["train_total"]) for r in records)
+    assert set(records[0]["loss_weights"]) == set(TASKS)

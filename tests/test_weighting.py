@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ple.checks import ShapeError, TaskError
-from ple.fit import Task, TensorData, fit
+from ple.fit import Callback, Task, TensorData, fit
 from ple.mmoe import SharedBottom
 from ple.weighting import DWA, GradNorm, dwa_weights
 
@@ -85,3 +85,38 @@ def test_dwa_weights_errors():
         dwa_weights(torch.ones(3))
     with pytest.raises(ValueError, match="temperature"):
         DWA(("a",), temperature=0.0)
+
+
+def test_jacobian_descent_steps_through_the_engine():
+    pytest.importorskip("torchjd")
+    from ple.weighting import JacobianDescent
+
+    torch.manual_seed(0)
+    model = SharedBottom(4, 2, (8,), (8,))
+    x = torch.randn(32, 4)
+    data = TensorData(x, {"a": x[:, 0], "b": -x[:, 0]})  # opposite targets: conflicting tasks
+    tasks = (Task("a", "regression"), Task("b", "regression"))
+    seen = []
+
+    class Grab(Callback):
+        def on_step_end(self, state):
+            seen.append((state.loss.item(), sum(v.item() for v in state.losses.values())))
+
+    for name in ("upgrad", "pcgrad"):
+        jd = JacobianDescent(("a", "b"), model.bottom, name)
+        before = [p.detach().clone() for p in model.parameters()]
+        fit(model, data, tasks=tasks, epochs=1, batch_size=16, aggregate=jd, callbacks=[Grab()])
+        assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # every block trained
+        assert set(jd.task_weights()) == {"a", "b"} and all(math.isfinite(w) for w in jd.task_weights().values())
+        jd.remove()
+    assert all(t == pytest.approx(s, rel=1e-6) for t, s in seen)  # the recorded loss is sum_k L_k
+
+
+def test_jacobian_descent_rejects_bad_arguments():
+    pytest.importorskip("torchjd")
+    from ple.weighting import JacobianDescent
+
+    with pytest.raises(ValueError, match="aggregator"):
+        JacobianDescent(("a", "b"), nn.Linear(2, 2), "mgda")
+    with pytest.raises(TaskError, match="losses lacks"):
+        JacobianDescent(("a", "b"), nn.Linear(2, 2))({"a": torch.zeros(())})
