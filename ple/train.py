@@ -958,13 +958,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with open(args.config, encoding="utf-8") as f:
         spec = json.load(f)
+    rank = 0
     try:
         records = run_config(spec)
+        rank = _world()[0]
     finally:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():  # under torchrun
             dist.destroy_process_group()
+    if rank != 0:  # one summary line per run, not per process
+        return 0
     last = records[-1] if records else {}
     print(json.dumps({"epochs": len(records), "last": {k: last.get(k) for k in ("phase", "epoch", "val_loss")}}))
     return 0
