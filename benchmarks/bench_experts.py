@@ -23,8 +23,9 @@ Usage::
 expert with the Mamba(-1) selective scan stepped through time (a Python loop with a hand-written
 backward) and the liquid cell stepped with its recurrent fused solver, and the Optimal Transport
 expert with 10 Sinkhorn iterations unrolled under autograd on `[B, P, K, K]`, each interleaved rep by
-rep with the package form; the reference pool is the package pool with those two experts swapped
-for their reference forms. The scan alone is compared at the expert's default sizes (sequential:
+rep with the package form (the reference Temporal expert runs the whole batch at once, as the
+replaced expert did; the package one runs slices of `batch_slice` customers); the reference pool is
+the package pool with those two experts swapped for their reference forms. The scan alone is compared at the expert's default sizes (sequential:
 64 channels x 8 states, a decay per channel and state; chunked: one head of 64 channels, 8 states).
 
 The inputs have the posts' shapes (features 644, transaction sequence 180 x 16, sessions 90 x 8,
