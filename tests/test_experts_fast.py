@@ -563,3 +563,73 @@ def test_ot_expert_trains_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = expert.distances(x)
     assert torch.allclose(low.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+def _grads_close(grads, ref, rel=0.1, floor=1e-3):
+    """Every parameter's gradient within `rel` of the fp32 one in norm, plus `floor` times the norm of the
+    whole fp32 gradient (a parameter whose gradient is ~0 is only held to that)."""
+    assert grads.keys() == ref.keys()
+    total = torch.sqrt(sum(g.square().sum() for g in ref.values()))
+    for k, g in grads.items():
+        assert torch.isfinite(g).all(), k
+        assert (g.float() - ref[k]).norm() <= rel * ref[k].norm() + floor * total, k
+
+
+def _fwd_bwd(module, inputs, dtype):
+    module.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        out = module(*inputs)
+    shared = getattr(out, "shared", out)
+    shared.float().square().mean().backward()
+    return out, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_temporal_expert_runs_under_cpu_autocast(gen, dtype):
+    # the scan, the convolution and the liquid steps run in float32 inside whatever autocast says (their
+    # fused products need one dtype; the cumulative log-decays need the digits); the result stays within
+    # bf16's rounding of the fp32 one: outputs to 3e-2 (about 8 bf16 steps at 1), each parameter's
+    # gradient to 10% in norm (+ 1e-3 of the whole gradient's norm, for gradients that are ~0)
+    torch.manual_seed(0)
+    expert = TemporalExpert(txn_dim=5, session_dim=3, d_model=16, ltc_hidden=8, patch_len=4, session_dt_index=0)
+    inputs = (torch.randn(6, 40, 5, generator=gen), torch.randn(6, 12, 3, generator=gen))
+    ref, g_ref = _fwd_bwd(expert, inputs, None)
+    low, g_low = _fwd_bwd(expert, inputs, dtype)
+    assert low.dtype == dtype and torch.isfinite(low).all()
+    assert torch.allclose(low.float(), ref, rtol=3e-2, atol=3e-2)
+    _grads_close(g_low, g_ref)
+    # the backward may run under autocast too
+    with torch.autocast("cpu", dtype=dtype):
+        expert(*inputs).float().sum().backward()
+    # the scan itself: y and the last state in x's dtype, computed in float32
+    u, delta, A, B, C = scan_inputs(gen, dtype=torch.float32)[:5]
+    x, log_a, B, C = (t.to(dtype) for t in (u, delta * A, B, C))
+    y, h = ssd_scan(x, log_a, B, C)
+    y32, h32 = ssd_scan(*(t.float() for t in (x, log_a, B, C)))
+    assert y.dtype == h.dtype == dtype and torch.equal(y, y32.to(dtype)) and torch.equal(h, h32.to(dtype))
+
+
+def test_expert_pool_runs_under_cpu_bf16_autocast(gen):
+    # all seven experts, forward and backward under CPU bf16 autocast: finite, and within bf16's
+    # rounding of the fp32 run (tolerances as for the temporal expert)
+    from ple.experts.hgcn import expmap0 as _expmap0
+    from ple.experts.pool import ExpertInputs, ExpertPool
+
+    torch.manual_seed(0)
+    pool = ExpertPool()
+    dg, mk = persistence_diagrams(np.random.default_rng(0).normal(size=(6, 20, 4)), 8)
+    inputs = ExpertInputs(
+        features=torch.randn(6, 644, generator=gen),
+        collaborative=torch.randn(6, 64, generator=gen),
+        hierarchy=torch.cat([_expmap0(0.3 * torch.randn(6, 20, generator=gen), 1.0),
+                             torch.randn(6, 27, generator=gen)], 1),
+        txn_seq=torch.randn(6, 30, 16, generator=gen),
+        session_seq=torch.randn(6, 12, 8, generator=gen),
+        diagrams=torch.from_numpy(dg),
+        diagram_mask=torch.from_numpy(mk),
+    )
+    ref, g_ref = _fwd_bwd(pool, (inputs,), None)
+    low, g_low = _fwd_bwd(pool, (inputs,), torch.bfloat16)
+    for name, out in low.outputs.items():
+        assert torch.isfinite(out).all() and torch.allclose(out.float(), ref.outputs[name], rtol=3e-2, atol=3e-2), name
+    _grads_close(g_low, g_ref)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 __all__ = ['segment_sums', 'ssd_scan', 'selective_scan', 'SelectiveSSM', 'LiquidCell', 'PatchCausalTransformer', 'TemporalExpert']
 
+import contextlib
+import functools
 import math
 
 import torch
@@ -33,6 +35,58 @@ def segment_sums(cum: torch.Tensor) -> torch.Tensor:
     return (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, -math.inf)
 
 
+def _no_autocast(*devices: str) -> contextlib.ExitStack:
+    # autocast off on each of the device types inside; nothing at all where it is off already
+    stack = contextlib.ExitStack()
+    for device in devices:
+        if torch.is_autocast_enabled(device):
+            stack.enter_context(torch.autocast(device, enabled=False))
+    return stack
+
+
+def _autocast_off(fn):
+    """`fn` with autocast off on the devices of its tensor arguments, so its products run in the
+    dtypes they are given (autocast would turn some of a fused pair of products to bf16 / fp16 and
+    leave the other: "Input dtypes must be the same"). For the forwards and backwards of the custom
+    autograd Functions: a backward may run under autocast too (and may get no tensor at all, every
+    output's gradient None: then autocast is off on the CPU and CUDA)."""
+
+    @functools.wraps(fn)
+    def run(*args):
+        with _no_autocast(*({a.device.type for a in args if isinstance(a, torch.Tensor)} or ("cpu", "cuda"))):
+            return fn(*args)
+
+    return run
+
+
+def _in_float32(fn):
+    """`fn` run in float32 or wider, whatever autocast says: its floating tensor arguments in the widest
+    of their dtypes and float32, autocast off; its floating tensor results come back in the first
+    argument's dtype (as an autocast op's would). The scans' cumulative log-decays and the T-step
+    recurrences lose too many digits in bf16 / fp16. With float32 or float64 arguments and autocast
+    off nothing changes: ``.to`` of a tensor already in the dtype is the tensor itself."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        first = next(a for a in args if isinstance(a, torch.Tensor))
+        dtype = torch.float32
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                dtype = torch.promote_types(dtype, a.dtype)
+
+        def wide(a):
+            return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+        def back(a):
+            return a.to(first.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+        with _no_autocast(first.device.type):
+            out = fn(*map(wide, args), **{k: wide(v) for k, v in kwargs.items()})
+        return tuple(map(back, out)) if isinstance(out, tuple) else back(out)
+
+    return run
+
+
 def _chunk_len(T: int, chunk_len: int) -> int:
     # the largest length in (chunk_len / 2, chunk_len] that divides T (no padding), else chunk_len
     return next((n for n in range(chunk_len, chunk_len // 2, -1) if T % n == 0), chunk_len)
@@ -47,6 +101,7 @@ class _ChunkProducts(torch.autograd.Function):
     -> y `[Z, L, P]`, S (the state entering each chunk) and states (each chunk's own end state) `[Z, P, N]`."""
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, x, M, E, W, decay, S0):  # type: ignore[override]
         G, c = decay.shape[0], decay.shape[1]
         states = torch.bmm(x.transpose(1, 2), W)  # [Z, P, N]
@@ -60,6 +115,7 @@ class _ChunkProducts(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_autocast_off
     def backward(ctx, gy, gS, gstates):  # type: ignore[override]
         x, M, E, W, decay, states, S = ctx.saved_tensors
         G, c = decay.shape[0], decay.shape[1]
@@ -77,6 +133,7 @@ class _ChunkProducts(torch.autograd.Function):
                 gS_all if ctx.needs_input_grad[5] else None)
 
 
+@_in_float32
 def ssd_scan(
     x: torch.Tensor,
     log_a: torch.Tensor,
@@ -103,6 +160,9 @@ def ssd_scan(
         h0: initial state `[B, H, P, N]` or None (zeros).
         chunk_len: steps per chunk (the largest divisor of T in (chunk_len / 2, chunk_len] is
             used if there is one; else the sequence is padded).
+
+    Runs in float32 or wider whatever autocast says (the cumulative log-decays need the digits); y
+    and the last state come back in x's dtype.
 
     Returns:
         y `[B, T, H, P]` and the last state `[B, H, P, N]`. With autograd, memory is
@@ -200,6 +260,7 @@ class _CausalConvSiLU(torch.autograd.Function):
     depthwise `conv1d` wants `[B, C, T]`, which costs two layout copies each way."""
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, u, w, b):  # type: ignore[override]
         K, T = w.shape[1], u.shape[1]
         taps = w.t().contiguous()  # [K, C]: each tap a contiguous row (a strided one halves the speed)
@@ -213,6 +274,7 @@ class _CausalConvSiLU(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_autocast_off
     def backward(ctx, grad):  # type: ignore[override]
         u, taps, a = ctx.saved_tensors
         K, T = taps.shape[0], u.shape[1]
@@ -229,6 +291,9 @@ class _CausalConvSiLU(torch.autograd.Function):
             else:
                 rows.append(ga.new_zeros(ga.shape[-1]))
         return gu, torch.stack(rows, 1), ga.sum((0, 1))
+
+
+_causal_conv_silu = _in_float32(_CausalConvSiLU.apply)  # u's dtype out, float32 or wider inside
 
 
 class SelectiveSSM(nn.Module):
@@ -280,7 +345,7 @@ class SelectiveSSM(nn.Module):
         # u and z as two products: no [B, T, 2 d_inner] tensor to split and no copy to join its gradient
         u, z = F.linear(x, W[:d_inner], b[:d_inner]), F.linear(x, W[d_inner:], b[d_inner:])
         # causal (left context only) depthwise convolution + SiLU, channels last: no layout copies
-        u = _CausalConvSiLU.apply(u, self.conv.weight.squeeze(1), self.conv.bias)
+        u = _causal_conv_silu(u, self.conv.weight.squeeze(1), self.conv.bias)
         dt, B, C = self.x_proj(u).split([self.n_heads, self.d_state, self.d_state], dim=-1)
         shape = (bsz, T, self.n_heads, self.head_dim)
         return {"u": u.reshape(shape), "delta": F.softplus(dt + self.dt_bias), "A": -torch.exp(self.A_log),
@@ -323,6 +388,7 @@ class _LinearRecurrence(torch.autograd.Function):
     autograd records one node instead of T."""
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, a, b):  # type: ignore[override]
         at = a.transpose(0, 1).contiguous()
         xs = b.transpose(0, 1).clone(memory_format=torch.contiguous_format)  # [T, B, H], filled in place
@@ -332,6 +398,7 @@ class _LinearRecurrence(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_autocast_off
     def backward(ctx, grad):  # type: ignore[override]
         at, xs = ctx.saved_tensors
         g, ga = _recur_backward(at, xs, grad)
@@ -345,6 +412,7 @@ class _LiquidSteps(torch.autograd.Function):
     or None (unit steps) -> `[B, T, H]`."""
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, pre, inv_tau, A, dt):  # type: ignore[override]
         f = torch.sigmoid(pre)
         k = f + inv_tau
@@ -361,6 +429,7 @@ class _LiquidSteps(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_autocast_off
     def backward(ctx, grad):  # type: ignore[override]
         f, k, em, nq, A, dt, at, xs = ctx.saved_tensors
         g, ga = _recur_backward(at, xs, grad)
@@ -372,6 +441,9 @@ class _LiquidSteps(torch.autograd.Function):
         g_f = torch.addcmul(g_k, r, A, value=-1)  # k = inv_tau + f, and -x_eq's own f
         g_dt = None if dt is None else -(g_la * k).sum(-1)
         return (torch.ops.aten.sigmoid_backward(g_f, f), g_k.sum((0, 1)), -(r * f).sum((0, 1)), g_dt)
+
+
+_liquid_steps = _in_float32(_LiquidSteps.apply)  # pre's dtype out, float32 or wider inside
 
 
 class LiquidCell(nn.Module):
@@ -416,7 +488,7 @@ class LiquidCell(nn.Module):
         """`forward` without the input checks (for callers that validated the inputs): `step_terms`
         and the recurrence x_t = a_t x_{t-1} + b_t from x_0 = 0 in one function (`_LiquidSteps`)."""
         inv_tau = 1 / (F.softplus(self.tau_raw) + 1e-3)
-        return _LiquidSteps.apply(self.w_in(inputs), inv_tau, self.A, dt)
+        return _liquid_steps(self.w_in(inputs), inv_tau, self.A, dt)
 
 
 class PatchCausalTransformer(nn.Module):
