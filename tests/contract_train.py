@@ -1,39 +1,16 @@
-"""The input contract of ple.train and ple.weighting (tests/test_contract.py's table for the rest).
+"""The input-contract rows of ple.train and ple.weighting.
 
-Every callable in the two modules' ``__all__`` either appears in CASES, where it is fed a bad input
-of one class (shape, dtype, nan, range, empty, hyper, dup) and must raise a ValueError or TypeError
-naming the argument, raised from ple's own code, or in EXEMPT with the reason it takes no input to
-check. A new public name without a row fails `test_every_public_callable_is_in_the_table`.
+tests/test_contract.py joins CASES and EXEMPT to its table: the same completeness test (every
+callable of ``__all__`` has a row or a reasoned exemption) and the same bad-input test run on them.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
-
-import pytest
 import torch
+from contract import Case
 from torch import nn
 
-import ple.train
-import ple.weighting
 from ple.fit import Task, TensorData
-
-MODULES = (ple.train, ple.weighting)
-CLASSES = ("shape", "dtype", "nan", "range", "empty", "hyper", "dup")
-
-
-@dataclass(frozen=True)
-class Case:
-    entry: str
-    kind: str
-    arg: str
-    call: Callable[[object], object]
-
-    @property
-    def id(self) -> str:
-        return f"{self.entry}:{self.kind}:{self.arg}"
 
 
 def _opt():
@@ -124,46 +101,3 @@ EXEMPT: dict[str, str] = {
                  "file's contents go to run_config, whose rows are above",
     f"{T}.AblationWorld": "a record that ablation_world fills from its own checked outputs",
 }
-
-
-def _public() -> dict[str, object]:
-    out = {}
-    for module in MODULES:
-        for name in module.__all__:
-            obj = getattr(module, name)
-            if callable(obj) and not isinstance(obj, (dict, tuple, list)):
-                out[f"{module.__name__}.{name}"] = obj
-    return out
-
-
-def test_every_public_callable_is_in_the_table():
-    public = _public()
-    covered = {c.entry for c in CASES} | set(EXEMPT)
-    missing = sorted(set(public) - covered)
-    assert not missing, f"public entry points with no contract case and no exemption: {missing}"
-    stale = sorted(covered - set(public))
-    assert not stale, f"rows for names that are not public: {stale}"
-    assert all(reason.strip() for reason in EXEMPT.values())
-    assert {c.kind for c in CASES} <= set(CLASSES)
-
-
-def _resolve(entry: str):
-    module, name = entry.rsplit(".", 1)
-    return getattr({m.__name__: m for m in MODULES}[module], name)
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_raises_an_error_naming_the_argument(case, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # anything a case would write lands in a scratch folder
-    f = _resolve(case.entry)
-    with pytest.raises((ValueError, TypeError)) as err:
-        case.call(f)
-    assert case.arg in str(err.value), f"{case.entry} raised {type(err.value).__name__}: {err.value}"
-    assert type(err.value).__module__.startswith(("ple", "builtins")), type(err.value)
-    tb = err.tb
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    origin = inspect.getmodule(tb.tb_frame)
-    assert origin is not None and origin.__name__.startswith("ple"), (
-        f"{case.entry}: the error was raised in {origin.__name__ if origin else '?'}, not by ple's checks"
-    )
