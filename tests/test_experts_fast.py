@@ -609,25 +609,14 @@ def test_temporal_expert_runs_under_cpu_autocast(gen, dtype):
     assert y.dtype == h.dtype == dtype and torch.equal(y, y32.to(dtype)) and torch.equal(h, h32.to(dtype))
 
 
-def test_expert_pool_runs_under_cpu_bf16_autocast(gen):
+def test_expert_pool_runs_under_cpu_bf16_autocast():
     # all seven experts, forward and backward under CPU bf16 autocast: finite, and within bf16's
     # rounding of the fp32 run (tolerances as for the temporal expert)
-    from ple.experts.hgcn import expmap0 as _expmap0
-    from ple.experts.pool import ExpertInputs, ExpertPool
+    from ple.experts.pool import ExpertPool, synthetic_expert_inputs
 
     torch.manual_seed(0)
     pool = ExpertPool()
-    dg, mk = persistence_diagrams(np.random.default_rng(0).normal(size=(6, 20, 4)), 8)
-    inputs = ExpertInputs(
-        features=torch.randn(6, 644, generator=gen),
-        collaborative=torch.randn(6, 64, generator=gen),
-        hierarchy=torch.cat([_expmap0(0.3 * torch.randn(6, 20, generator=gen), 1.0),
-                             torch.randn(6, 27, generator=gen)], 1),
-        txn_seq=torch.randn(6, 30, 16, generator=gen),
-        session_seq=torch.randn(6, 12, 8, generator=gen),
-        diagrams=torch.from_numpy(dg),
-        diagram_mask=torch.from_numpy(mk),
-    )
+    inputs = synthetic_expert_inputs(6, txn_len=30, session_len=12, n_points=8)
     ref, g_ref = _fwd_bwd(pool, (inputs,), None)
     low, g_low = _fwd_bwd(pool, (inputs,), torch.bfloat16)
     for name, out in low.outputs.items():
